@@ -1,0 +1,72 @@
+"""Tiny models and data shared by the tests."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    keras.utils.set_random_seed(0)
+    keras.config.set_dtype_policy("float32")
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+def make_cnn(input_shape=(8, 8, 1), classes=10) -> keras.Model:
+    """A functional CNN: conv, batch norm, depthwise, pooling, dense."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu")(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(32, activation="relu")(x)
+    outputs = keras.layers.Dense(classes)(x)
+    return keras.Model(inputs, outputs, name="tiny_cnn")
+
+
+def make_mlp(features=16, classes=4) -> keras.Sequential:
+    return keras.Sequential(
+        [
+            keras.Input((features,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(classes),
+        ],
+        name="tiny_mlp",
+    )
+
+
+@pytest.fixture
+def cnn():
+    return make_cnn()
+
+
+@pytest.fixture
+def mlp():
+    return make_mlp()
+
+
+@pytest.fixture
+def digits():
+    """scikit-learn's 8x8 digits (shipped with the package): 600 images, float32 in [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.images[:600] / 16.0).astype("float32")[..., None]
+    y = data.target[:600].astype("int32")
+    return x, y
+
+
+@pytest.fixture
+def tabular():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 16)).astype("float32")
+    y = (x[:, :4].argmax(axis=1)).astype("int32")
+    return x, y

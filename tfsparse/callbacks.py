@@ -1,0 +1,151 @@
+"""Callbacks that drive pruning inside `model.fit()`: the step and masks, and TensorBoard summaries."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import keras
+
+from tfsparse import mask_updates
+
+
+class UpdatePruningStep(keras.callbacks.Callback):
+    """Advances the pruning step of every pruned layer and recomputes masks when schedules say so.
+
+    Required when fitting a model made by `prune_low_magnitude`. The step is kept in each layer
+    (and saved with the model), so a model loaded from a checkpoint continues its schedule.
+
+    Example:
+
+    ```python
+    pruned.fit(x, y, epochs=2, callbacks=[tfsparse.UpdatePruningStep()])
+    ```
+
+    In a custom training loop, call the hooks yourself:
+
+    ```python
+    step_callback = tfsparse.UpdatePruningStep()
+    step_callback.set_model(pruned)
+    step_callback.on_train_begin()
+    for batch, (x, y) in enumerate(dataset):
+        step_callback.on_train_batch_begin(batch)
+        train_step(x, y)
+        step_callback.on_train_batch_end(batch)
+    step_callback.on_train_end()
+    ```
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._wrappers = []
+        self._step = 0
+
+    def on_train_begin(self, logs=None):
+        mask_updates.sync_backend_state(self.model)
+        self._wrappers = mask_updates.collect_wrappers(self.model)
+        for wrapper in self._wrappers:
+            wrapper.set_step_driven(True)
+        self._step = self._stored_step()
+        if self._wrappers and hasattr(self.model, "make_train_function"):
+            # A fresh compiled step, traced now that the layers know they are driven: one traced
+            # earlier (by a fit without this callback, which failed) must not be reused.
+            self.model.make_train_function(force=True)
+
+    def _stored_step(self) -> int:
+        built = [wrapper for wrapper in self._wrappers if wrapper.built]
+        return max((wrapper.get_pruning_step() for wrapper in built), default=0)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if not self._wrappers:
+            return
+        if any(wrapper.pruning_schedule(self._step)[0] for wrapper in self._wrappers):
+            mask_updates.sync_backend_state(self.model)
+            mask_updates.update_masks([w for w in self._wrappers if w.built], self._step)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._wrappers:
+            return
+        mask_updates.sync_backend_state(self.model)
+        # The layers count their own steps; resyncing keeps the host count exact.
+        self._step = self._stored_step()
+        mask_updates.reapply_masks([w for w in self._wrappers if w.built])
+
+    def on_train_end(self, logs=None):
+        for wrapper in self._wrappers:
+            wrapper.set_step_driven(False)
+        if self._wrappers and self.model is not None:
+            # The compiled step checked for this callback when it was traced; tracing again on the
+            # next fit() makes a fit without the callback fail loudly instead of skipping pruning.
+            self.model.train_function = None
+
+
+class PruningSummaries(keras.callbacks.Callback):
+    """Writes each pruned weight's sparsity and the schedule's target sparsity to TensorBoard.
+
+    Scalars go to `log_dir/pruning` under `<layer>/<weight>_sparsity` and
+    `<layer>/target_sparsity`, plus `pruning_step`, every epoch (or every `update_freq` batches).
+    Needs TensorFlow for the event files, as Keras' own TensorBoard callback does.
+
+    Args:
+        log_dir: the TensorBoard log directory.
+        update_freq: "epoch", or an integer number of batches between writes.
+
+    Example:
+
+    ```python
+    pruned.fit(x, y, callbacks=[tfsparse.UpdatePruningStep(), tfsparse.PruningSummaries("logs")])
+    ```
+    """
+
+    def __init__(self, log_dir: str, update_freq="epoch"):
+        super().__init__()
+        if update_freq != "epoch" and (not isinstance(update_freq, int) or update_freq < 1):
+            raise ValueError(
+                f'Argument `update_freq` must be "epoch" or a positive integer. Received: update_freq={update_freq!r}'
+            )
+        if not log_dir:
+            raise ValueError(f"Argument `log_dir` must be a directory path. Received: log_dir={log_dir!r}")
+        self.log_dir = os.fspath(log_dir)
+        self.update_freq = update_freq
+        self._writer = None
+        self._batches = 0
+
+    def on_train_begin(self, logs=None):
+        import tensorflow as tf  # TensorBoard's event files are written with TensorFlow.
+
+        self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "pruning"))
+        self._batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
+        if self.update_freq != "epoch" and self._batches % self.update_freq == 0:
+            self._write()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.update_freq == "epoch":
+            self._write()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _write(self):
+        import tensorflow as tf
+
+        mask_updates.sync_backend_state(self.model)
+        wrappers = [w for w in mask_updates.collect_wrappers(self.model) if w.built]
+        if not wrappers:
+            return
+        step = wrappers[0].get_pruning_step()
+        with self._writer.as_default(step=step):
+            tf.summary.scalar("pruning_step", step)
+            for wrapper in wrappers:
+                tf.summary.scalar(f"{wrapper.name}/target_sparsity", wrapper.pruning_schedule(max(step - 1, 0))[1])
+                for weight, mask in zip(wrapper.pruned_weights, wrapper.get_masks()):
+                    tf.summary.scalar(f"{wrapper.name}/{weight.name}_sparsity", 1.0 - float(np.mean(mask)))
+        self._writer.flush()

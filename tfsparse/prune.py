@@ -1,0 +1,165 @@
+"""`prune_low_magnitude` and `strip_pruning`: wrapping a model's layers for pruning and unwrapping them.
+
+Both work on a layer, a list of layers, a Sequential or functional model, and on models nested inside
+models. Models are copied: the model passed in keeps its own layers and weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+
+from tfsparse import registry
+from tfsparse.schedules import ConstantSparsity, PruningSchedule
+from tfsparse.wrapper import PruneLowMagnitude, accepts_argument
+
+
+def _is_graph_model(model: keras.Model) -> bool:
+    # Sequential and functional models have a graph of layers that `clone_model` can rebuild;
+    # subclassed models do not.
+    return isinstance(model, keras.Sequential) or isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth")
+
+
+def _check_graph_model(model: keras.Model, what: str) -> None:
+    if not _is_graph_model(model):
+        raise ValueError(
+            f"{what} takes a Sequential or functional model; '{model.name}' is a subclassed "
+            f"{type(model).__name__}. Wrap its layers instead, inside its __init__: "
+            "`self.dense = tfsparse.prune_low_magnitude(keras.layers.Dense(10), ...)`."
+        )
+
+
+def _copy_layer(layer: keras.layers.Layer, weights=None) -> keras.layers.Layer:
+    """A new layer with the same config and, if `layer` is built, the same (or given) weights."""
+    copy = layer.__class__.from_config(layer.get_config())
+    if layer.built:
+        copy.build_from_config(layer.get_build_config())
+        copy.set_weights(layer.get_weights() if weights is None else weights)
+    return copy
+
+
+def _clone(model: keras.Model, clone_layer) -> keras.Model:
+    def clone_function(layer):
+        if isinstance(layer, keras.Model) and not isinstance(layer, PruneLowMagnitude):
+            _check_graph_model(layer, "Pruning a nested model")
+        return clone_layer(layer)
+
+    def call_function(layer, *args, **kwargs):
+        # A wrapper's graph node records `mask=`; the layer that replaces it may take no mask.
+        if "mask" in kwargs and not accepts_argument(layer.call, "mask"):
+            kwargs.pop("mask")
+        return layer(*args, **kwargs)
+
+    return keras.models.clone_model(
+        model, clone_function=clone_function, call_function=call_function, recursive=True
+    )
+
+
+def prune_low_magnitude(
+    to_prune,
+    pruning_schedule: PruningSchedule | None = None,
+    block_size: Sequence[int] = (1, 1),
+    block_pooling_type: str = "AVG",
+    sparsity_m_by_n: Sequence[int] | None = None,
+    **kwargs,
+):
+    """Wraps every prunable layer of `to_prune` in `PruneLowMagnitude`.
+
+    Same arguments as `tfmot.sparsity.keras.prune_low_magnitude`. Layers without weights to prune
+    (pooling, activations, normalization, merges) are kept as they are. Fit the result with the
+    `UpdatePruningStep` callback, then `strip_pruning` it.
+
+    Args:
+        to_prune: a layer, a list of layers, or a Sequential or functional model (nested models
+            included). Models are copied with their weights; layers are wrapped as they are.
+        pruning_schedule: a `PruningSchedule`; defaults to `ConstantSparsity(0.5, 0)`.
+        block_size: `(rows, cols)` of the blocks pruned together.
+        block_pooling_type: "AVG" or "MAX", how a block's scores are pooled.
+        sparsity_m_by_n: `(m, n)`, e.g. `(2, 4)`, to keep `m` of every `n` consecutive weights.
+        **kwargs: further `PruneLowMagnitude` arguments (`criterion`, `scope`).
+
+    Returns:
+        The same kind of object as `to_prune`, with prunable layers wrapped.
+
+    Example:
+
+    ```python
+    pruned = tfsparse.prune_low_magnitude(
+        model, pruning_schedule=tfsparse.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=1000))
+    pruned.compile("adam", "sparse_categorical_crossentropy")
+    pruned.fit(x, y, callbacks=[tfsparse.UpdatePruningStep()])
+    ```
+    """
+    if pruning_schedule is None:
+        pruning_schedule = ConstantSparsity(0.5, 0)
+    parameters = dict(
+        pruning_schedule=pruning_schedule,
+        block_size=block_size,
+        block_pooling_type=block_pooling_type,
+        sparsity_m_by_n=sparsity_m_by_n,
+        **kwargs,
+    )
+    # Build one wrapper up front so that bad arguments fail here, before any model is copied.
+    PruneLowMagnitude(keras.layers.Dense(1), **parameters)
+
+    def wrap(layer):
+        return PruneLowMagnitude(layer, **parameters) if registry.is_prunable(layer) else layer
+
+    if isinstance(to_prune, PruneLowMagnitude):
+        raise ValueError(f"Layer '{to_prune.name}' is already wrapped for pruning; wrap it once.")
+    if isinstance(to_prune, keras.Model):
+        _check_graph_model(to_prune, "`prune_low_magnitude`")
+
+        def clone_layer(layer):
+            if isinstance(layer, PruneLowMagnitude):
+                raise ValueError(
+                    f"Layer '{layer.name}' is already wrapped for pruning; strip the model first "
+                    "(`tfsparse.strip_pruning`) or prune the original."
+                )
+            return wrap(_copy_layer(layer))
+
+        return _clone(to_prune, clone_layer)
+    if isinstance(to_prune, (list, tuple)):
+        return [wrap(layer) for layer in to_prune]
+    if isinstance(to_prune, keras.layers.Layer):
+        return PruneLowMagnitude(to_prune, **parameters)
+    raise ValueError(
+        "Argument `to_prune` must be a Keras layer, a list of layers, or a Sequential or functional "
+        f"model. Received: to_prune={to_prune!r} of type {type(to_prune).__name__}"
+    )
+
+
+def _unwrap(layer: keras.layers.Layer) -> keras.layers.Layer:
+    if isinstance(layer, PruneLowMagnitude):
+        return _copy_layer(layer.layer, weights=layer.masked_weights() if layer.built else None)
+    return _copy_layer(layer)
+
+
+def strip_pruning(model):
+    """Returns a copy of `model` made of stock Keras layers, with the masks applied to the weights.
+
+    The result gives the same outputs as the pruned model, loads without tfsparse, and is what to
+    save, export or serve.
+
+    Args:
+        model: a model (or a single `PruneLowMagnitude` layer) from `prune_low_magnitude`.
+
+    Returns:
+        A copy with every `PruneLowMagnitude` replaced by its layer, weights multiplied by masks.
+
+    Example:
+
+    ```python
+    final = tfsparse.strip_pruning(pruned)
+    final.save("final.keras")
+    ```
+    """
+    if isinstance(model, keras.Model):
+        _check_graph_model(model, "`strip_pruning`")
+        return _clone(model, _unwrap)
+    if isinstance(model, keras.layers.Layer):
+        return _unwrap(model)
+    raise ValueError(
+        f"Argument `model` must be a Keras model or layer. Received: model={model!r} of type {type(model).__name__}"
+    )

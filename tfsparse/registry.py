@@ -1,0 +1,131 @@
+"""Which weights of which layer are pruned, and `PrunableLayer` for custom layers to say so."""
+
+from __future__ import annotations
+
+import abc
+
+import keras
+from keras import layers
+
+# Layers are matched with isinstance, so subclasses of these are prunable too. Weights are found
+# by their variable name among `layer.weights`, which also reaches the weights of sublayers
+# (the projections of MultiHeadAttention, the cells of recurrent layers).
+_PRUNABLE_WEIGHT_NAMES: tuple[tuple[tuple[type, ...], tuple[str, ...]], ...] = (
+    (
+        (
+            layers.Dense,
+            layers.EinsumDense,
+            layers.Conv1D,
+            layers.Conv2D,
+            layers.Conv3D,
+            layers.Conv1DTranspose,
+            layers.Conv2DTranspose,
+            layers.Conv3DTranspose,
+            layers.MultiHeadAttention,
+        ),
+        ("kernel",),
+    ),
+    ((layers.DepthwiseConv1D, layers.DepthwiseConv2D), ("depthwise_kernel",)),
+    ((layers.SeparableConv1D, layers.SeparableConv2D), ("depthwise_kernel", "pointwise_kernel")),
+    ((layers.Embedding,), ("embeddings",)),
+    ((layers.LSTM, layers.GRU, layers.SimpleRNN), ("kernel", "recurrent_kernel")),
+)
+
+# Layers whose weights are not worth pruning (normalization statistics and scales): left unwrapped.
+_NOT_PRUNED: tuple[type, ...] = (
+    layers.BatchNormalization,
+    layers.LayerNormalization,
+    layers.GroupNormalization,
+    layers.Normalization,
+    layers.PReLU,
+)
+
+
+class PrunableLayer(abc.ABC):
+    """Declares which weights of a custom layer are pruned.
+
+    A custom layer with weights must subclass `PrunableLayer` (or simply define a
+    `get_prunable_weights()` method) to be wrapped by `prune_low_magnitude`.
+
+    Example:
+
+    ```python
+    class MyDense(keras.layers.Layer, tfsparse.PrunableLayer):
+        def build(self, input_shape):
+            self.kernel = self.add_weight(shape=(input_shape[-1], 8))
+
+        def call(self, x):
+            return x @ self.kernel
+
+        def get_prunable_weights(self):
+            return [self.kernel]
+    ```
+    """
+
+    @abc.abstractmethod
+    def get_prunable_weights(self) -> list:
+        """Returns the list of the layer's variables to prune."""
+
+    @classmethod
+    def __subclasshook__(cls, subclass):
+        if cls is PrunableLayer and callable(getattr(subclass, "get_prunable_weights", None)):
+            return True
+        return NotImplemented
+
+
+def _weight_names(layer: keras.layers.Layer) -> tuple[str, ...] | None:
+    for classes, names in _PRUNABLE_WEIGHT_NAMES:
+        if isinstance(layer, classes):
+            return names
+    if isinstance(layer, (layers.Bidirectional, layers.TimeDistributed)):
+        return _weight_names(layer.layer)
+    return None
+
+
+def _has_weights(layer: keras.layers.Layer) -> bool:
+    if layer.built:
+        return bool(layer.weights)
+    # An unbuilt layer has no weights yet: judge by its kind.
+    return not isinstance(layer, (layers.InputLayer, layers.Activation, layers.Dropout))
+
+
+def is_prunable(layer: keras.layers.Layer) -> bool:
+    """Whether `prune_low_magnitude` wraps this layer.
+
+    Raises `ValueError` for a layer with weights that is neither a known layer nor a
+    `PrunableLayer`, since silently leaving it dense would miss the requested sparsity.
+
+    Example:
+
+    ```python
+    is_prunable(keras.layers.Dense(4))  # True
+    is_prunable(keras.layers.MaxPooling2D())  # False
+    ```
+    """
+    if isinstance(layer, PrunableLayer) or _weight_names(layer) is not None:
+        return True
+    if isinstance(layer, _NOT_PRUNED) or not _has_weights(layer):
+        return False
+    raise ValueError(
+        f"Layer '{layer.name}' of type {type(layer).__name__} has weights but tfsparse does not know "
+        "which of them to prune. Make it prunable by subclassing `tfsparse.PrunableLayer` and "
+        "returning the weights to prune from `get_prunable_weights()`, or leave it out of "
+        "`prune_low_magnitude` (wrap only the layers you choose)."
+    )
+
+
+def prunable_weights(layer: keras.layers.Layer) -> list:
+    """The variables of a built, prunable `layer` that are pruned.
+
+    Example:
+
+    ```python
+    layer = keras.layers.Dense(4)
+    layer.build((None, 3))
+    [w.name for w in prunable_weights(layer)]  # ['kernel']
+    ```
+    """
+    if isinstance(layer, PrunableLayer):
+        return list(layer.get_prunable_weights())
+    names = _weight_names(layer) or ()
+    return [weight for weight in layer.weights if weight.name in names]

@@ -1,0 +1,268 @@
+"""`PruneLowMagnitude`: a Keras wrapper that holds a layer's masks and pruning step.
+
+The wrapped layer runs on `weight * mask` for each pruned weight, so gradients reach only the weights
+that are kept. Masks are computed elsewhere (`UpdatePruningStep`, on the host, when the schedule
+says so); inside a training step the only extra work is one multiply per pruned weight.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import numpy as np
+import keras
+from keras import ops
+
+from tfsparse import criteria, registry
+from tfsparse.masking import BLOCK_POOLING_TYPES
+from tfsparse.schedules import ConstantSparsity, PruningSchedule
+
+SCOPES = ("layer", "global")
+
+_NO_STEP_DRIVER = (
+    "Layer '{name}' is being trained with pruning but no `tfsparse.UpdatePruningStep` callback "
+    "drives its pruning step. Pass `callbacks=[tfsparse.UpdatePruningStep()]` to `model.fit()`. "
+    "In a custom training loop, create `step_callback = tfsparse.UpdatePruningStep()`, call "
+    "`step_callback.set_model(model)` and `step_callback.on_train_begin()` once, then "
+    "`step_callback.on_train_batch_begin(batch)` before and `step_callback.on_train_batch_end(batch)` "
+    "after every training step."
+)
+
+
+def _check_block_size(block_size: Sequence[int]) -> tuple[int, int]:
+    try:
+        rows, cols = (int(b) for b in block_size)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"Argument `block_size` must be a pair of positive integers. Received: block_size={block_size}"
+        ) from None
+    if rows < 1 or cols < 1:
+        raise ValueError(
+            f"Argument `block_size` must be a pair of positive integers. Received: block_size={block_size}"
+        )
+    return rows, cols
+
+
+def _check_m_by_n(sparsity_m_by_n: Sequence[int] | None) -> tuple[int, int] | None:
+    if sparsity_m_by_n is None:
+        return None
+    try:
+        m, n = (int(v) for v in sparsity_m_by_n)
+    except (TypeError, ValueError):
+        m, n = 0, 0
+    if not 0 < m < n:
+        raise ValueError(
+            "Argument `sparsity_m_by_n` must be a pair (m, n) of integers with 0 < m < n, e.g. (2, 4). "
+            f"Received: sparsity_m_by_n={sparsity_m_by_n}"
+        )
+    return m, n
+
+
+def accepts_argument(function, argument: str) -> bool:
+    parameters = inspect.signature(function).parameters
+    return argument in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+@keras.saving.register_keras_serializable(package="tfsparse")
+class PruneLowMagnitude(keras.layers.Wrapper):
+    """Wraps a layer so that its weights are pruned during training.
+
+    Usually created by `tfsparse.prune_low_magnitude`; the arguments are the same.
+
+    Args:
+        layer: the layer to prune: a known Keras layer or a `tfsparse.PrunableLayer`.
+        pruning_schedule: a `PruningSchedule`; defaults to `ConstantSparsity(0.5, 0)`.
+        block_size: `(rows, cols)` of the blocks pruned together; `(1, 1)` prunes single weights.
+        block_pooling_type: how scores are pooled in a block: "AVG" or "MAX".
+        sparsity_m_by_n: `(m, n)` keeps the `m` largest of every `n` consecutive weights along the
+            input dimension (2:4 for sparse tensor cores); the schedule then only says when.
+        criterion: how weights are scored: a name from `tfsparse.criteria` ("magnitude").
+        scope: "layer" (each layer reaches the sparsity) or "global" (one threshold across all
+            layers pruned with scope "global" and the same schedule).
+
+    Example:
+
+    ```python
+    layer = tfsparse.PruneLowMagnitude(
+        keras.layers.Dense(10), pruning_schedule=tfsparse.ConstantSparsity(0.8, 0))
+    ```
+    """
+
+    def __init__(
+        self,
+        layer: keras.layers.Layer,
+        pruning_schedule: PruningSchedule | None = None,
+        block_size: Sequence[int] = (1, 1),
+        block_pooling_type: str = "AVG",
+        sparsity_m_by_n: Sequence[int] | None = None,
+        criterion: str = "magnitude",
+        scope: str = "layer",
+        **kwargs,
+    ):
+        if not isinstance(layer, keras.layers.Layer):
+            raise ValueError(
+                f"`PruneLowMagnitude` wraps a Keras layer. Received: layer={layer!r} of type {type(layer).__name__}"
+            )
+        if isinstance(layer, PruneLowMagnitude):
+            raise ValueError(f"Layer '{layer.name}' is already wrapped for pruning; wrap it once.")
+        if not registry.is_prunable(layer):
+            raise ValueError(
+                f"Layer '{layer.name}' of type {type(layer).__name__} has no weights to prune; "
+                "leave it unwrapped (`prune_low_magnitude` on a model does that by itself)."
+            )
+        if pruning_schedule is None:
+            pruning_schedule = ConstantSparsity(0.5, 0)
+        if not isinstance(pruning_schedule, PruningSchedule):
+            raise ValueError(
+                "Argument `pruning_schedule` must be a `tfsparse.PruningSchedule` such as "
+                f"`ConstantSparsity` or `PolynomialDecay`. Received: pruning_schedule={pruning_schedule!r}"
+            )
+        if block_pooling_type not in BLOCK_POOLING_TYPES:
+            raise ValueError(
+                f"Argument `block_pooling_type` must be one of {BLOCK_POOLING_TYPES}. "
+                f"Received: block_pooling_type={block_pooling_type!r}"
+            )
+        block_size = _check_block_size(block_size)
+        sparsity_m_by_n = _check_m_by_n(sparsity_m_by_n)
+        if sparsity_m_by_n is not None and block_size != (1, 1):
+            raise ValueError(
+                "Arguments `sparsity_m_by_n` and `block_size` cannot be combined: pick one pattern. "
+                f"Received: sparsity_m_by_n={sparsity_m_by_n}, block_size={block_size}"
+            )
+        criteria.get(criterion)
+        if scope not in SCOPES:
+            raise ValueError(f"Argument `scope` must be one of {SCOPES}. Received: scope={scope!r}")
+        kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
+        kwargs.setdefault("dtype", layer.dtype_policy)
+        super().__init__(layer, **kwargs)
+        self.pruning_schedule = pruning_schedule
+        self.block_size = block_size
+        self.block_pooling_type = block_pooling_type
+        self.sparsity_m_by_n = sparsity_m_by_n
+        self.criterion = criterion
+        self.scope = scope
+        self.supports_masking = layer.supports_masking
+        self._inner_accepts_training = accepts_argument(layer.call, "training")
+        self._inner_accepts_mask = accepts_argument(layer.call, "mask")
+        self._step_driven = False
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        self.pruned_weights = registry.prunable_weights(self.layer)
+        self.masks = [
+            self.add_weight(
+                name=f"{weight.name}_mask",
+                shape=weight.shape,
+                dtype=weight.dtype,
+                initializer="ones",
+                trainable=False,
+                aggregation="only_first_replica",
+            )
+            for weight in self.pruned_weights
+        ]
+        self.pruning_step = self.add_weight(
+            name="pruning_step",
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            trainable=False,
+            aggregation="only_first_replica",
+        )
+        self.built = True
+
+    # -- training --------------------------------------------------------------------------------
+
+    def call(self, inputs, *args, training=None, mask=None, **kwargs):
+        if training:
+            if not self._step_driven:
+                raise ValueError(_NO_STEP_DRIVER.format(name=self.name))
+            self.pruning_step.assign(self.pruning_step + 1)
+        if self._inner_accepts_training:
+            kwargs["training"] = training
+        if mask is not None and self._inner_accepts_mask:
+            kwargs["mask"] = mask
+        masked = {id(weight): weight.value * mask_variable.value for weight, mask_variable in self._pairs()}
+        trainable = [masked.get(id(v), v.value) for v in self.layer.trainable_variables]
+        non_trainable = [masked.get(id(v), v.value) for v in self.layer.non_trainable_variables]
+        outputs, updated = self.layer.stateless_call(trainable, non_trainable, inputs, *args, **kwargs)
+        # Carry back state the layer changed (RNG seeds of dropout, for instance).
+        for variable, value in zip(self.layer.non_trainable_variables, updated):
+            if id(variable) not in masked:
+                variable.assign(value)
+        return outputs
+
+    def compute_output_spec(self, *args, training=None, mask=None, **kwargs):
+        if self._inner_accepts_training and training is not None:
+            kwargs["training"] = training
+        return self.layer.compute_output_spec(*args, **kwargs)
+
+    def compute_output_shape(self, *args, **kwargs):
+        return self.layer.compute_output_shape(*args, **kwargs)
+
+    def compute_mask(self, inputs, previous_mask=None):
+        return self.layer.compute_mask(inputs, previous_mask)
+
+    # -- what the step driver and strip_pruning use ----------------------------------------------
+
+    def _pairs(self):
+        return zip(self.pruned_weights, self.masks)
+
+    def set_step_driven(self, driven: bool) -> None:
+        """Marks whether an `UpdatePruningStep` drives this layer (training is refused otherwise)."""
+        self._step_driven = driven
+
+    def get_pruning_step(self) -> int:
+        """The number of training steps this layer has taken while being pruned."""
+        return int(ops.convert_to_numpy(self.pruning_step.value))
+
+    def get_masks(self) -> list[np.ndarray]:
+        """The current masks, one per pruned weight, as numpy arrays of 0.0 and 1.0."""
+        return [ops.convert_to_numpy(m.value) for m in self.masks]
+
+    def get_pruned_weight_values(self) -> list[np.ndarray]:
+        """The pruned weights as they are stored (not yet multiplied by the masks)."""
+        return [ops.convert_to_numpy(w.value) for w in self.pruned_weights]
+
+    def set_masks(self, masks: Sequence[np.ndarray]) -> None:
+        """Sets the masks and zeroes the masked weights, so that stored weights carry the mask."""
+        for weight, mask_variable, mask in zip(self.pruned_weights, self.masks, masks):
+            mask = np.asarray(mask, dtype=np.float32)
+            mask_variable.assign(mask.astype(mask_variable.dtype))
+            weight.assign(ops.convert_to_numpy(weight.value) * mask.astype(weight.dtype))
+
+    def masked_weights(self) -> list[np.ndarray]:
+        """The inner layer's weights (as `layer.get_weights()` orders them) with masks applied."""
+        masks = {id(w): m for w, m in zip(self.pruned_weights, self.get_masks())}
+        return [
+            ops.convert_to_numpy(v.value) * masks[id(v)] if id(v) in masks else ops.convert_to_numpy(v.value)
+            for v in self.layer.weights
+        ]
+
+    # -- serialization ---------------------------------------------------------------------------
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "pruning_schedule": keras.saving.serialize_keras_object(self.pruning_schedule),
+                "block_size": list(self.block_size),
+                "block_pooling_type": self.block_pooling_type,
+                "sparsity_m_by_n": list(self.sparsity_m_by_n) if self.sparsity_m_by_n else None,
+                "criterion": self.criterion,
+                "scope": self.scope,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None):
+        config = dict(config)
+        # The inner layer's serialized form carries its build shapes, so it comes back built,
+        # also for layers called on several inputs (MultiHeadAttention).
+        config["layer"] = keras.saving.deserialize_keras_object(config["layer"], custom_objects=custom_objects)
+        config["pruning_schedule"] = keras.saving.deserialize_keras_object(
+            config["pruning_schedule"], custom_objects=custom_objects
+        )
+        layer = config.pop("layer")
+        return cls(layer, **config)
