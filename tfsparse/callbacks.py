@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import keras
+import numpy as np
 
 from tfsparse import mask_updates
 
@@ -145,7 +145,9 @@ class PruningSummaries(keras.callbacks.Callback):
         with self._writer.as_default(step=step):
             tf.summary.scalar("pruning_step", step)
             for wrapper in wrappers:
-                tf.summary.scalar(f"{wrapper.name}/target_sparsity", wrapper.pruning_schedule(max(step - 1, 0))[1])
+                tf.summary.scalar(
+                    f"{wrapper.name}/target_sparsity", wrapper.pruning_schedule(max(step - 1, 0))[1]
+                )
                 for weight, mask in zip(wrapper.pruned_weights, wrapper.get_masks()):
                     tf.summary.scalar(f"{wrapper.name}/{weight.name}_sparsity", 1.0 - float(np.mean(mask)))
         self._writer.flush()

@@ -32,5 +32,7 @@ def get(name: str) -> Callable[[np.ndarray], np.ndarray]:
     ```
     """
     if name not in _CRITERIA:
-        raise ValueError(f"Argument `criterion` must be one of {sorted(_CRITERIA)}. Received: criterion={name!r}")
+        raise ValueError(
+            f"Argument `criterion` must be one of {sorted(_CRITERIA)}. Received: criterion={name!r}"
+        )
     return _CRITERIA[name]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-import numpy as np
 import keras
+import numpy as np
 
 from tfsparse import criteria, masking
 from tfsparse.wrapper import PruneLowMagnitude

@@ -108,9 +108,7 @@ def m_by_n_mask(scores: np.ndarray, m: int, n: int, axis: int = -2) -> np.ndarra
     return np.moveaxis(mask, -1, axis)
 
 
-def global_masks(
-    scores: Sequence[np.ndarray], sparsity: float, min_density: float = 0.0
-) -> list[np.ndarray]:
+def global_masks(scores: Sequence[np.ndarray], sparsity: float, min_density: float = 0.0) -> list[np.ndarray]:
     """Masks for several weights from one threshold shared by all of them.
 
     In all, `round(sparsity * total_size)` weights are zeroed, the lowest scores across every weight

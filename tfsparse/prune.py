@@ -18,7 +18,11 @@ from tfsparse.wrapper import PruneLowMagnitude, accepts_argument
 def _is_graph_model(model: keras.Model) -> bool:
     # Sequential and functional models have a graph of layers that `clone_model` can rebuild;
     # subclassed models do not.
-    return isinstance(model, keras.Sequential) or isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth")
+    return (
+        isinstance(model, keras.Sequential)
+        or isinstance(model, keras.Model)
+        and hasattr(model, "_nodes_by_depth")
+    )
 
 
 def _check_graph_model(model: keras.Model, what: str) -> None:

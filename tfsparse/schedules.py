@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import abc
 
-import numpy as np
 import keras
+import numpy as np
 
 
 def _check_steps(begin_step: int, end_step: int, frequency: int, allow_endless: bool) -> None:
@@ -65,7 +65,7 @@ class PruningSchedule(abc.ABC):
         """Returns the constructor arguments, so that `from_config` rebuilds the schedule."""
 
     @classmethod
-    def from_config(cls, config: dict) -> "PruningSchedule":
+    def from_config(cls, config: dict) -> PruningSchedule:
         return cls(**config)
 
     @staticmethod

@@ -10,8 +10,8 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 
-import numpy as np
 import keras
+import numpy as np
 from keras import ops
 
 from tfsparse import criteria, registry
@@ -260,7 +260,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         config = dict(config)
         # The inner layer's serialized form carries its build shapes, so it comes back built,
         # also for layers called on several inputs (MultiHeadAttention).
-        config["layer"] = keras.saving.deserialize_keras_object(config["layer"], custom_objects=custom_objects)
+        config["layer"] = keras.saving.deserialize_keras_object(
+            config["layer"], custom_objects=custom_objects
+        )
         config["pruning_schedule"] = keras.saving.deserialize_keras_object(
             config["pruning_schedule"], custom_objects=custom_objects
         )
