@@ -55,6 +55,8 @@ def _clone(model: keras.Model, clone_layer) -> keras.Model:
             kwargs.pop("mask")
         return layer(*args, **kwargs)
 
+    if isinstance(model, keras.Sequential):  # Sequential layers are listed, not called: no call_function.
+        return keras.models.clone_model(model, clone_function=clone_function, recursive=True)
     return keras.models.clone_model(
         model, clone_function=clone_function, call_function=call_function, recursive=True
     )

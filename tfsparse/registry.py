@@ -77,16 +77,17 @@ def _weight_names(layer: keras.layers.Layer) -> tuple[str, ...] | None:
     for classes, names in _PRUNABLE_WEIGHT_NAMES:
         if isinstance(layer, classes):
             return names
-    if isinstance(layer, (layers.Bidirectional, layers.TimeDistributed)):
+    if isinstance(layer, layers.Bidirectional):
+        return _weight_names(layer.forward_layer)
+    if isinstance(layer, layers.TimeDistributed):
         return _weight_names(layer.layer)
     return None
 
 
 def _has_weights(layer: keras.layers.Layer) -> bool:
-    if layer.built:
-        return bool(layer.weights)
-    # An unbuilt layer has no weights yet: judge by its kind.
-    return not isinstance(layer, (layers.InputLayer, layers.Activation, layers.Dropout))
+    # An unbuilt layer of an unknown kind has no weights yet, so there is nothing to judge by:
+    # it is left as it is. Layers of a model being pruned are built, and judged by their weights.
+    return layer.built and bool(layer.weights)
 
 
 def is_prunable(layer: keras.layers.Layer) -> bool:

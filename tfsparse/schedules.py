@@ -173,9 +173,10 @@ class PolynomialDecay(PruningSchedule):
         with np.errstate(divide="ignore", invalid="ignore"):
             progress = f32(int(step) - self.begin_step) / f32(self.end_step - self.begin_step)
             progress = np.minimum(f32(1.0), np.maximum(f32(0.0), progress))
-            sparsity = f32(self.initial_sparsity - self.final_sparsity) * np.power(
-                f32(1.0) - progress, f32(self.power)
-            ) + f32(self.final_sparsity)
+            # TensorFlow's float32 pow is correctly rounded; numpy's float32 pow can be one ulp
+            # off, so the power is taken in float64 and rounded once.
+            decay = f32(np.power(np.float64(f32(1.0) - progress), np.float64(self.power)))
+            sparsity = f32(self.initial_sparsity - self.final_sparsity) * decay + f32(self.final_sparsity)
         return should_prune, float(sparsity)
 
     def get_config(self) -> dict:

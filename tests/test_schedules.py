@@ -1,0 +1,168 @@
+import json
+import math
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import tfsparse
+from tfsparse.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
+
+SCHEDULES = [
+    ConstantSparsity(0.5, begin_step=0),
+    ConstantSparsity(0.8, begin_step=10, end_step=100, frequency=7),
+    PolynomialDecay(0.1, 0.9, begin_step=5, end_step=200, power=2, frequency=3),
+]
+
+
+def _random_cases(count=240, seed=0):
+    rng = np.random.default_rng(seed)
+    cases = []
+    for index in range(count):
+        begin = int(rng.integers(0, 50))
+        end = int(begin + rng.integers(0, 300)) if rng.random() > 0.2 else -1
+        frequency = int(rng.integers(1, 40))
+        steps = sorted(
+            {int(s) for s in rng.integers(0, 400, size=12)} | {begin, max(end, 0), max(end + 1, 0)}
+        )
+        if index % 2 == 0:
+            args = dict(
+                target_sparsity=float(rng.choice([0.0, rng.random() * 0.99])),
+                begin_step=begin,
+                end_step=end,
+                frequency=frequency,
+            )
+            cases.append({"class": "ConstantSparsity", "args": args, "steps": steps})
+        else:
+            args = dict(
+                initial_sparsity=float(rng.random() * 0.5),
+                final_sparsity=float(rng.random() * 0.99),
+                begin_step=begin,
+                end_step=end if end != -1 else begin + 100,
+                power=int(rng.integers(1, 5)),
+                frequency=frequency,
+            )
+            cases.append({"class": "PolynomialDecay", "args": args, "steps": steps})
+    bad_arguments = [
+        ("ConstantSparsity", dict(target_sparsity=1.0, begin_step=0)),
+        ("ConstantSparsity", dict(target_sparsity=-0.1, begin_step=0)),
+        ("ConstantSparsity", dict(target_sparsity=0.5, begin_step=-1)),
+        ("ConstantSparsity", dict(target_sparsity=0.5, begin_step=10, end_step=5)),
+        ("ConstantSparsity", dict(target_sparsity=0.5, begin_step=0, end_step=-5)),
+        ("ConstantSparsity", dict(target_sparsity=0.5, begin_step=0, frequency=0)),
+        ("PolynomialDecay", dict(initial_sparsity=0.1, final_sparsity=0.9, begin_step=0, end_step=-1)),
+        ("PolynomialDecay", dict(initial_sparsity=0.1, final_sparsity=1.2, begin_step=0, end_step=10)),
+        ("PolynomialDecay", dict(initial_sparsity=1.0, final_sparsity=0.5, begin_step=0, end_step=10)),
+        ("PolynomialDecay", dict(initial_sparsity=0.1, final_sparsity=0.5, begin_step=20, end_step=10)),
+        (
+            "PolynomialDecay",
+            dict(initial_sparsity=0.1, final_sparsity=0.5, begin_step=0, end_step=10, frequency=-3),
+        ),
+        # Legal edge case: begin == end divides by zero in both libraries.
+        (
+            "PolynomialDecay",
+            dict(initial_sparsity=0.1, final_sparsity=0.5, begin_step=10, end_step=10, frequency=1),
+        ),
+    ]
+    for name, args in bad_arguments:
+        cases.append({"class": name, "args": args, "steps": [0, 9, 10, 11]})
+    return cases
+
+
+def _ours(case):
+    schedule_class = getattr(tfsparse, case["class"])
+    try:
+        schedule = schedule_class(**case["args"])
+    except ValueError:
+        return {"error": "ValueError"}
+    return {"values": [list(schedule(step)) for step in case["steps"]]}
+
+
+@pytest.fixture(scope="module")
+def tfmot_results():
+    cases = _random_cases()
+    script = os.path.join(os.path.dirname(__file__), "tfmot_schedules.py")
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run(
+        [sys.executable, script],
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return cases, json.loads(done.stdout)
+
+
+def _same(a, b):
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+def test_schedules_match_tfmot_exactly_over_random_configurations(tfmot_results):
+    cases, expected = tfmot_results
+    compared = 0
+    for case, reference in zip(cases, expected, strict=True):
+        ours = _ours(case)
+        assert ("error" in ours) == ("error" in reference), case
+        if "error" in ours:
+            continue
+        for step, (prune_ours, value_ours), (prune_ref, value_ref) in zip(
+            case["steps"], ours["values"], reference["values"], strict=True
+        ):
+            assert prune_ours == prune_ref, (case, step)
+            assert _same(value_ours, value_ref), (case, step, value_ours, value_ref)
+            compared += 1
+    assert compared > 2000
+
+
+def test_bad_arguments_raise_value_error_naming_the_argument():
+    with pytest.raises(
+        ValueError, match=r"`target_sparsity` must be in \[0, 1\). Received: target_sparsity=1.5"
+    ):
+        ConstantSparsity(1.5, 0)
+    with pytest.raises(ValueError, match="`end_step`"):
+        PolynomialDecay(0.1, 0.5, begin_step=0, end_step=-1)
+    with pytest.raises(ValueError, match="`frequency`"):
+        ConstantSparsity(0.5, 0, frequency=0)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=repr)
+def test_schedule_round_trips_through_config_and_keras_serialization(schedule):
+    assert type(schedule).from_config(schedule.get_config()) == schedule
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
+    assert restored == schedule
+    assert [restored(step) for step in range(0, 300, 13)] == [schedule(step) for step in range(0, 300, 13)]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=repr)
+def test_schedule_prunes_only_inside_its_range_on_its_frequency(schedule):
+    pruned_steps = [step for step in range(400) if schedule(step)[0]]
+    assert pruned_steps[0] == schedule.begin_step
+    assert all((step - schedule.begin_step) % schedule.frequency == 0 for step in pruned_steps)
+    if schedule.end_step != -1:
+        assert pruned_steps[-1] <= schedule.end_step
+
+
+def test_polynomial_decay_reaches_final_sparsity_and_grows_monotonically():
+    schedule = PolynomialDecay(0.0, 0.9, begin_step=0, end_step=100, frequency=1)
+    values = [schedule(step)[1] for step in range(120)]
+    assert values[0] == 0.0
+    assert values[100] == pytest.approx(0.9)
+    assert all(b >= a for a, b in zip(values, values[1:]))
+
+
+def test_custom_schedule_subclass_is_a_callable_from_step():
+    class Halfway(PruningSchedule):
+        def __call__(self, step):
+            return step % 2 == 0, 0.5
+
+        def get_config(self):
+            return {}
+
+    assert Halfway()(4) == (True, 0.5)
+    with pytest.raises(TypeError):
+        PruningSchedule()
