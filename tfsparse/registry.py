@@ -7,10 +7,10 @@ import abc
 import keras
 from keras import layers
 
-# Layers are matched with isinstance, so subclasses of these are prunable too. Weights are found
-# by their variable name among `layer.weights`, which also reaches the weights of sublayers
-# (the projections of MultiHeadAttention, the cells of recurrent layers).
-_PRUNABLE_WEIGHT_NAMES: tuple[tuple[tuple[type, ...], tuple[str, ...]], ...] = (
+# Layers are matched with isinstance, so subclasses of these are prunable too. Each weight is named
+# by its attribute path from the layer; "a|b" takes whichever attribute the installed Keras has
+# (DepthwiseConv2D's kernel was renamed across Keras 3 releases).
+_PRUNABLE_ATTRIBUTES: tuple[tuple[tuple[type, ...], tuple[str, ...]], ...] = (
     (
         (
             layers.Dense,
@@ -21,14 +21,17 @@ _PRUNABLE_WEIGHT_NAMES: tuple[tuple[tuple[type, ...], tuple[str, ...]], ...] = (
             layers.Conv1DTranspose,
             layers.Conv2DTranspose,
             layers.Conv3DTranspose,
-            layers.MultiHeadAttention,
         ),
         ("kernel",),
     ),
-    ((layers.DepthwiseConv1D, layers.DepthwiseConv2D), ("depthwise_kernel",)),
+    ((layers.DepthwiseConv1D, layers.DepthwiseConv2D), ("depthwise_kernel|kernel",)),
     ((layers.SeparableConv1D, layers.SeparableConv2D), ("depthwise_kernel", "pointwise_kernel")),
     ((layers.Embedding,), ("embeddings",)),
-    ((layers.LSTM, layers.GRU, layers.SimpleRNN), ("kernel", "recurrent_kernel")),
+    ((layers.LSTM, layers.GRU, layers.SimpleRNN), ("cell.kernel", "cell.recurrent_kernel")),
+    (
+        (layers.MultiHeadAttention,),
+        ("query_dense.kernel", "key_dense.kernel", "value_dense.kernel", "output_dense.kernel"),
+    ),
 )
 
 # Layers whose weights are not worth pruning (normalization statistics and scales): left unwrapped.
@@ -73,15 +76,40 @@ class PrunableLayer(abc.ABC):
         return NotImplemented
 
 
-def _weight_names(layer: keras.layers.Layer) -> tuple[str, ...] | None:
-    for classes, names in _PRUNABLE_WEIGHT_NAMES:
-        if isinstance(layer, classes):
-            return names
+def _sublayers(layer: keras.layers.Layer) -> list | None:
+    """The layers inside a wrapper layer whose weights are pruned for it."""
     if isinstance(layer, layers.Bidirectional):
-        return _weight_names(layer.forward_layer)
+        return [layer.forward_layer, layer.backward_layer]
     if isinstance(layer, layers.TimeDistributed):
-        return _weight_names(layer.layer)
+        return [layer.layer]
     return None
+
+
+def _attribute_paths(layer: keras.layers.Layer) -> tuple[str, ...] | None:
+    for classes, paths in _PRUNABLE_ATTRIBUTES:
+        if isinstance(layer, classes):
+            return paths
+    return None
+
+
+def _resolve(layer: keras.layers.Layer, path: str):
+    for alternative in path.split("|"):
+        value = layer
+        for attribute in alternative.split("."):
+            value = getattr(value, attribute, None)
+        if isinstance(value, keras.Variable):
+            return value
+    raise ValueError(
+        f"Layer '{layer.name}' of type {type(layer).__name__} has no weight '{path}' in this Keras "
+        f"version ({keras.__version__}). Subclass `tfsparse.PrunableLayer` to say which weights to prune."
+    )
+
+
+def _is_known(layer: keras.layers.Layer) -> bool:
+    if _attribute_paths(layer) is not None:
+        return True
+    sublayers = _sublayers(layer)
+    return sublayers is not None and all(_is_known(sublayer) for sublayer in sublayers)
 
 
 def _has_weights(layer: keras.layers.Layer) -> bool:
@@ -103,7 +131,7 @@ def is_prunable(layer: keras.layers.Layer) -> bool:
     is_prunable(keras.layers.MaxPooling2D())  # False
     ```
     """
-    if isinstance(layer, PrunableLayer) or _weight_names(layer) is not None:
+    if isinstance(layer, PrunableLayer) or _is_known(layer):
         return True
     if isinstance(layer, _NOT_PRUNED) or not _has_weights(layer):
         return False
@@ -128,5 +156,7 @@ def prunable_weights(layer: keras.layers.Layer) -> list:
     """
     if isinstance(layer, PrunableLayer):
         return list(layer.get_prunable_weights())
-    names = _weight_names(layer) or ()
-    return [weight for weight in layer.weights if weight.name in names]
+    sublayers = _sublayers(layer)
+    if sublayers is not None:
+        return [weight for sublayer in sublayers for weight in prunable_weights(sublayer)]
+    return [_resolve(layer, path) for path in _attribute_paths(layer) or ()]
