@@ -164,7 +164,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self.pruning_step = self.add_weight(
             name="pruning_step",
             shape=(),
-            dtype="int64",
+            dtype="int32",  # int64 is not available on JAX by default; 2**31 steps is plenty
             initializer="zeros",
             trainable=False,
             aggregation="only_first_replica",
