@@ -82,3 +82,12 @@ def test_global_masks_keep_the_minimum_density_of_every_layer():
     masks = masking.global_masks([np.full(10, 0.01), np.full(10, 5.0)], 0.5, min_density=0.3)
     assert masks[0].sum() == 3
     assert (masks[0] == 0).sum() + (masks[1] == 0).sum() == 10
+
+
+def test_sparsity_mask_equals_a_stable_sort_reference_with_many_equal_scores():
+    rng = np.random.default_rng(3)
+    scores = np.where(rng.random(5000) < 0.5, 0.0, np.round(rng.random(5000), 2))
+    for sparsity in (0.3, 0.5, 0.7, 0.95):
+        reference = np.ones(5000, dtype=np.float32)
+        reference[np.argsort(scores, kind="stable")[: round(sparsity * 5000)]] = 0.0
+        np.testing.assert_array_equal(masking.sparsity_mask(scores, sparsity), reference)

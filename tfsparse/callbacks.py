@@ -8,6 +8,7 @@ import keras
 import numpy as np
 
 from tfsparse import mask_updates
+from tfsparse.wrapper import no_step_driver_message
 
 
 class UpdatePruningStep(keras.callbacks.Callback):
@@ -31,7 +32,6 @@ class UpdatePruningStep(keras.callbacks.Callback):
     for batch, (x, y) in enumerate(dataset):
         step_callback.on_train_batch_begin(batch)
         train_step(x, y)
-        step_callback.on_train_batch_end(batch)
     step_callback.on_train_end()
     ```
     """
@@ -44,26 +44,26 @@ class UpdatePruningStep(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         mask_updates.sync_backend_state(self.model)
         self._wrappers = mask_updates.collect_wrappers(self.model)
-        for wrapper in self._wrappers:
-            wrapper.set_step_driven(True)
+        refused = [wrapper.set_step_driven(True) for wrapper in self._wrappers]
         self._step = self._stored_step()
-        if self._wrappers and hasattr(self.model, "make_train_function"):
-            # A fresh compiled step, traced now that the layers know they are driven: one traced
-            # earlier (by a fit without this callback, which failed) must not be reused.
+        if not self._wrappers or not hasattr(self.model, "make_train_function"):
+            return  # a custom training loop: the layers check for the driver themselves
+        if any(refused):
+            # A fit without this callback failed while tracing; its compiled step is unusable.
             self.model.make_train_function(force=True)
+        if not isinstance(self.model.train_function, _RequiresStepDriver):
+            self.model.train_function = _RequiresStepDriver(self.model.train_function, self._wrappers)
 
     def _stored_step(self) -> int:
         built = [wrapper for wrapper in self._wrappers if wrapper.built]
         return max((wrapper.get_pruning_step() for wrapper in built), default=0)
 
+    # Only batch-begin hooks: a callback with an `on_train_batch_end` makes Keras wait for every
+    # step to finish before starting the next one, which costs more than the pruning itself.
     def on_train_batch_begin(self, batch, logs=None):
-        if not self._wrappers:
-            return
-        if any(wrapper.pruning_schedule(self._step)[0] for wrapper in self._wrappers):
+        if self._wrappers and any(wrapper.pruning_schedule(self._step)[0] for wrapper in self._wrappers):
             mask_updates.sync_backend_state(self.model)
             mask_updates.update_masks([w for w in self._wrappers if w.built], self._step)
-
-    def on_train_batch_end(self, batch, logs=None):
         self._step += 1
 
     def on_epoch_end(self, epoch, logs=None):
@@ -77,10 +77,26 @@ class UpdatePruningStep(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         for wrapper in self._wrappers:
             wrapper.set_step_driven(False)
-        if self._wrappers and self.model is not None:
-            # The compiled step checked for this callback when it was traced; tracing again on the
-            # next fit() makes a fit without the callback fail loudly instead of skipping pruning.
-            self.model.train_function = None
+
+
+class _RequiresStepDriver:
+    """Stands in front of a model's compiled training step, refusing to run it undriven.
+
+    The layers check for `UpdatePruningStep` when the step is traced; a step traced during a fit
+    with the callback is kept by Keras for later fits, and this check keeps such a later fit
+    without the callback from training on with frozen masks. It costs one flag test per step,
+    where tracing the step again for every fit would cost far more.
+    """
+
+    def __init__(self, train_function, wrappers):
+        self._train_function = train_function
+        self._wrappers = wrappers
+
+    def __call__(self, *args, **kwargs):
+        for wrapper in self._wrappers:
+            if not wrapper.step_driven:
+                raise ValueError(no_step_driver_message(wrapper.name))
+        return self._train_function(*args, **kwargs)
 
 
 class PruningSummaries(keras.callbacks.Callback):
@@ -120,10 +136,11 @@ class PruningSummaries(keras.callbacks.Callback):
         self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "pruning"))
         self._batches = 0
 
-    def on_train_batch_end(self, batch, logs=None):
-        self._batches += 1
-        if self.update_freq != "epoch" and self._batches % self.update_freq == 0:
+    def on_train_batch_begin(self, batch, logs=None):
+        # Written at the start of the next batch (see UpdatePruningStep on batch-end hooks).
+        if self.update_freq != "epoch" and self._batches and self._batches % self.update_freq == 0:
             self._write()
+        self._batches += 1
 
     def on_epoch_end(self, epoch, logs=None):
         if self.update_freq == "epoch":

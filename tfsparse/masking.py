@@ -19,8 +19,15 @@ def num_zeros(size: int, sparsity: float) -> int:
     return min(size, int(round(sparsity * size)))
 
 
-def _lowest_first(scores: np.ndarray) -> np.ndarray:
-    return np.argsort(scores.ravel(), kind="stable")
+def _kth_lowest(values: np.ndarray, k: int):
+    # Weights pruned earlier all score the same lowest value; numpy's partition slows down ten-fold
+    # on such runs of equal values, so they are counted first and only the rest is partitioned.
+    lowest = values.min()
+    at_lowest = int(np.count_nonzero(values == lowest))
+    if at_lowest >= k:
+        return lowest
+    rest = values[values > lowest]
+    return np.partition(rest, k - at_lowest - 1)[k - at_lowest - 1]
 
 
 def sparsity_mask(scores: np.ndarray, sparsity: float) -> np.ndarray:
@@ -32,8 +39,17 @@ def sparsity_mask(scores: np.ndarray, sparsity: float) -> np.ndarray:
     sparsity_mask(np.array([3.0, 1.0, 2.0, 4.0]), 0.5)  # array([1., 0., 0., 1.])
     ```
     """
-    mask = np.ones(scores.size, dtype=np.float32)
-    mask[_lowest_first(scores)[: num_zeros(scores.size, sparsity)]] = 0.0
+    flat = scores.ravel()
+    zeros = num_zeros(flat.size, sparsity)
+    mask = np.ones(flat.size, dtype=np.float32)
+    if zeros > 0:
+        # A partial sort finds the k-th lowest score in linear time (masks of large layers are
+        # recomputed during training); equal scores at the threshold go in position order.
+        threshold = _kth_lowest(flat, zeros)
+        below = flat < threshold
+        mask[below] = 0.0
+        at_threshold = np.flatnonzero(flat == threshold)
+        mask[at_threshold[: zeros - int(below.sum())]] = 0.0
     return mask.reshape(scores.shape)
 
 

@@ -20,13 +20,18 @@ from tfsparse.schedules import ConstantSparsity, PruningSchedule
 
 SCOPES = ("layer", "global")
 
+
+def no_step_driver_message(name: str) -> str:
+    """The error for training a pruned layer without `UpdatePruningStep`."""
+    return _NO_STEP_DRIVER.format(name=name)
+
+
 _NO_STEP_DRIVER = (
     "Layer '{name}' is being trained with pruning but no `tfsparse.UpdatePruningStep` callback "
     "drives its pruning step. Pass `callbacks=[tfsparse.UpdatePruningStep()]` to `model.fit()`. "
     "In a custom training loop, create `step_callback = tfsparse.UpdatePruningStep()`, call "
     "`step_callback.set_model(model)` and `step_callback.on_train_begin()` once, then "
-    "`step_callback.on_train_batch_begin(batch)` before and `step_callback.on_train_batch_end(batch)` "
-    "after every training step."
+    "`step_callback.on_train_batch_begin(batch)` before every training step."
 )
 
 
@@ -146,6 +151,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self._inner_accepts_training = accepts_argument(layer.call, "training")
         self._inner_accepts_mask = accepts_argument(layer.call, "mask")
         self._step_driven = False
+        self._refused_training = False
 
     def build(self, input_shape=None):
         super().build(input_shape)
@@ -176,7 +182,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def call(self, inputs, *args, training=None, mask=None, **kwargs):
         if training:
             if not self._step_driven:
-                raise ValueError(_NO_STEP_DRIVER.format(name=self.name))
+                # The step being traced now is unusable; the driver retraces when it attaches.
+                self._refused_training = True
+                raise ValueError(no_step_driver_message(self.name))
             self.pruning_step.assign(self.pruning_step + 1)
         if self._inner_accepts_training:
             kwargs["training"] = training
@@ -208,9 +216,20 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def _pairs(self):
         return zip(self.pruned_weights, self.masks)
 
-    def set_step_driven(self, driven: bool) -> None:
-        """Marks whether an `UpdatePruningStep` drives this layer (training is refused otherwise)."""
+    def set_step_driven(self, driven: bool) -> bool:
+        """Marks whether an `UpdatePruningStep` drives this layer (training is refused otherwise).
+
+        Returns whether training was refused since the last call, i.e. whether a compiled training
+        step that includes this layer was traced without a driver and must be traced again.
+        """
         self._step_driven = driven
+        refused, self._refused_training = self._refused_training, False
+        return refused
+
+    @property
+    def step_driven(self) -> bool:
+        """Whether an `UpdatePruningStep` currently drives this layer's step and masks."""
+        return self._step_driven
 
     def get_pruning_step(self) -> int:
         """The number of training steps this layer has taken while being pruned."""
