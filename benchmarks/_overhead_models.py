@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 BATCH_SIZE = 64
-STEPS = 40
+STEPS = 100
 
 
 def build(keras, name):

@@ -67,14 +67,18 @@ class UpdatePruningStep(keras.callbacks.Callback):
         self._step += 1
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self._wrappers:
-            return
-        mask_updates.sync_backend_state(self.model)
-        # The layers count their own steps; resyncing keeps the host count exact.
-        self._step = self._stored_step()
-        mask_updates.reapply_masks([w for w in self._wrappers if w.built])
+        if self._wrappers:
+            mask_updates.sync_backend_state(self.model)
+            # The layers count their own steps (several per callback call with
+            # `steps_per_execution`); resyncing once an epoch keeps the host count exact.
+            self._step = self._stored_step()
 
     def on_train_end(self, logs=None):
+        if self._wrappers:
+            # Momentum can move weights after they were masked; the model fit() hands back stores
+            # exactly its masked weights. (Outputs never depend on it: layers run on weight * mask.)
+            mask_updates.sync_backend_state(self.model)
+            mask_updates.reapply_masks([w for w in self._wrappers if w.built])
         for wrapper in self._wrappers:
             wrapper.set_step_driven(False)
 

@@ -106,8 +106,9 @@ def prune_low_magnitude(
         sparsity_m_by_n=sparsity_m_by_n,
         **kwargs,
     )
-    # Build one wrapper up front so that bad arguments fail here, before any model is copied.
-    PruneLowMagnitude(keras.layers.Dense(1), **parameters)
+    # One throwaway wrapper checks every argument (the wrapper's own checks, whatever arguments it
+    # grows) before any model is copied; naming the probe keeps Keras' layer-name counters as they are.
+    PruneLowMagnitude(keras.layers.Dense(1, name="tfsparse_argument_check"), **parameters)
 
     def wrap(layer):
         return PruneLowMagnitude(layer, **parameters) if registry.is_prunable(layer) else layer
