@@ -1,0 +1,54 @@
+import keras
+import numpy as np
+import pytest
+from conftest import make_mlp
+
+import tfsparse
+from tfsparse import mask_updates
+
+
+def _pruned(**arguments):
+    return tfsparse.prune_low_magnitude(make_mlp(), **arguments)
+
+
+def test_update_masks_prunes_only_when_the_schedule_says_so():
+    wrappers = mask_updates.collect_wrappers(
+        _pruned(pruning_schedule=tfsparse.ConstantSparsity(0.5, begin_step=10, frequency=5))
+    )
+    assert not mask_updates.update_masks(wrappers, 9)
+    assert all(m.min() == 1.0 for w in wrappers for m in w.get_masks())
+    assert mask_updates.update_masks(wrappers, 10)
+    assert all((m == 0).mean() == pytest.approx(0.5, abs=0.01) for w in wrappers for m in w.get_masks())
+
+
+def test_weights_pruned_earlier_stay_pruned_as_sparsity_grows():
+    wrappers = mask_updates.collect_wrappers(_pruned())
+    mask_updates.prune_to(wrappers, lambda w: 0.5)
+    first = [w.get_masks()[0] for w in wrappers]
+    # Make pruned weights large in storage: they must not come back, scores use weight * mask.
+    for wrapper, mask in zip(wrappers, first):
+        value = wrapper.get_pruned_weight_values()[0]
+        wrapper.pruned_weights[0].assign(np.where(mask == 0, 100.0, value))
+    mask_updates.prune_to(wrappers, lambda w: 0.7)
+    for wrapper, before in zip(wrappers, first):
+        after = wrapper.get_masks()[0]
+        assert np.all(after[before == 0] == 0)
+        assert (after == 0).sum() == round(0.7 * after.size)
+
+
+def test_global_scope_shares_one_threshold_and_reaches_the_total():
+    pruned = _pruned(pruning_schedule=tfsparse.ConstantSparsity(0.8, 0), scope="global")
+    wrappers = mask_updates.collect_wrappers(pruned)
+    wrappers[2].pruned_weights[0].assign(wrappers[2].get_pruned_weight_values()[0] * 10.0)  # a loud layer
+    mask_updates.update_masks(wrappers, 0)
+    masks = [w.get_masks()[0] for w in wrappers]
+    total = sum(m.size for m in masks)
+    assert sum(int((m == 0).sum()) for m in masks) == round(0.8 * total)
+    assert (masks[2] == 0).mean() < 0.5 < (masks[0] == 0).mean()
+
+
+def test_collect_wrappers_finds_wrappers_in_nested_models_once():
+    inner = tfsparse.prune_low_magnitude(make_mlp())
+    inputs = keras.Input((16,))
+    outer = keras.Model(inputs, inner(inner(keras.layers.Dense(16)(inputs))[:, :1] * keras.ops.ones((1, 16))))
+    assert len(mask_updates.collect_wrappers(outer)) == 3

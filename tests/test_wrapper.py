@@ -1,0 +1,75 @@
+import keras
+import numpy as np
+import pytest
+
+import tfsparse
+from tfsparse import PruneLowMagnitude
+
+
+def _built(wrapper, input_shape=(None, 6)):
+    wrapper.build(input_shape)
+    return wrapper
+
+
+def test_wrapper_holds_one_mask_per_pruned_weight_and_a_step():
+    wrapper = _built(PruneLowMagnitude(keras.layers.Dense(4)))
+    assert [m.shape for m in wrapper.masks] == [(6, 4)]
+    assert all(not m.trainable for m in wrapper.masks) and not wrapper.pruning_step.trainable
+    assert wrapper.get_pruning_step() == 0
+    assert np.array_equal(wrapper.get_masks()[0], np.ones((6, 4)))
+    assert wrapper.name == "prune_low_magnitude_" + wrapper.layer.name
+
+
+def test_layer_runs_on_weight_times_mask_and_gradients_reach_only_kept_weights():
+    import tensorflow as tf
+
+    wrapper = _built(PruneLowMagnitude(keras.layers.Dense(4, use_bias=False)))
+    mask = np.zeros((6, 4), "float32")
+    mask[:3] = 1.0
+    wrapper.masks[0].assign(mask)  # mask only, stored weights left whole
+    kernel = keras.ops.convert_to_numpy(wrapper.layer.kernel.value)
+    x = np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(wrapper(x)), x @ (kernel * mask), rtol=1e-6)
+    wrapper.set_step_driven(True)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(wrapper(x, training=True) ** 2)
+    (gradient,) = tape.gradient(loss, [wrapper.layer.kernel.value])
+    assert np.all(gradient.numpy()[3:] == 0) and np.any(gradient.numpy()[:3] != 0)
+    assert wrapper.get_pruning_step() == 1
+
+
+def test_set_masks_zeroes_the_stored_weights_and_masked_weights_follow_layer_order():
+    wrapper = _built(PruneLowMagnitude(keras.layers.Dense(4)))
+    mask = np.random.default_rng(0).integers(0, 2, size=(6, 4)).astype("float32")
+    wrapper.set_masks([mask])
+    kernel, bias = wrapper.masked_weights()
+    assert np.all(kernel[mask == 0] == 0)
+    assert bias.shape == (4,)
+    np.testing.assert_array_equal(wrapper.get_pruned_weight_values()[0], kernel)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        dict(pruning_schedule=tfsparse.PolynomialDecay(0.1, 0.7, 3, 50, power=2, frequency=5)),
+        dict(block_size=(2, 2), block_pooling_type="MAX"),
+        dict(sparsity_m_by_n=(2, 4), scope="global"),
+    ],
+    ids=["schedule", "block", "m_by_n"],
+)
+def test_wrapper_config_round_trips(arguments):
+    wrapper = PruneLowMagnitude(keras.layers.Conv2D(3, 2), **arguments)
+    config = wrapper.get_config()
+    restored = PruneLowMagnitude.from_config(config)
+    assert restored.get_config() == config
+    assert restored.pruning_schedule == wrapper.pruning_schedule
+    assert type(restored.layer) is keras.layers.Conv2D
+
+
+def test_wrapping_a_layer_without_prunable_weights_is_refused():
+    with pytest.raises(ValueError, match="no weights to prune"):
+        PruneLowMagnitude(keras.layers.MaxPooling2D())
+    with pytest.raises(ValueError, match="wraps a Keras layer"):
+        PruneLowMagnitude("dense")
+    with pytest.raises(ValueError, match="`scope` must be one of"):
+        PruneLowMagnitude(keras.layers.Dense(2), scope="model")
