@@ -1,0 +1,156 @@
+"""What every exporter shares: checking arguments and output paths, sample inputs, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+
+from tfsparse.mask_updates import collect_wrappers
+from tfsparse.prune import strip_pruning
+
+
+class OutputExistsError(FileExistsError, ValueError):
+    """The output path exists and `overwrite=True` was not given.
+
+    Both a `FileExistsError` and a `ValueError` (as `io.UnsupportedOperation` is both an `OSError`
+    and a `ValueError`), so that callers catching either kind of bad input catch it.
+    """
+
+
+def plain_model(model) -> keras.Model:
+    """`model` as stock Keras layers: a pruned model is stripped, anything else is checked and kept."""
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            "Argument `model` must be a Keras model (pruned or not). "
+            f"Received: model={model!r} of type {type(model).__name__}"
+        )
+    if not model.built or not model.inputs:
+        # Subclassed models have no `inputs` until they are called on a Keras tensor.
+        raise ValueError(
+            f"Argument `model` must be a built model with known inputs; '{model.name}' has none. "
+            "Call it once on data, or build it from `keras.Input`s."
+        )
+    return strip_pruning(model) if collect_wrappers(model) else model
+
+
+def input_specs(model: keras.Model) -> list[tuple[tuple[int | None, ...], str]]:
+    """(shape without the batch dimension, dtype) of each model input, in the model's order."""
+    return [(tuple(tensor.shape[1:]), str(tensor.dtype)) for tensor in model.inputs]
+
+
+def as_input_list(model: keras.Model, data, argument: str) -> list[np.ndarray]:
+    """`data` (one array, or a list with one array per model input) checked against the model's inputs."""
+    specs = input_specs(model)
+    arrays = list(data) if isinstance(data, (list, tuple)) else [data]
+    if len(arrays) != len(specs):
+        raise ValueError(
+            f"Argument `{argument}` must hold one array per model input ({len(specs)}). "
+            f"Received: {len(arrays)} arrays"
+        )
+    checked = []
+    for array, (shape, dtype) in zip(arrays, specs):
+        try:
+            array = np.asarray(array, dtype=dtype)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"Argument `{argument}` must be numeric arrays. Received: an array of {type(array).__name__}"
+            ) from None
+        compatible = array.ndim == len(shape) + 1 and all(
+            want is None or want == got for want, got in zip(shape, array.shape[1:])
+        )
+        if not compatible or len(array) == 0:
+            expected = "(samples, " + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+            raise ValueError(
+                f"Argument `{argument}` must have the model's input shape {expected} with at least one "
+                f"sample. Received: shape {array.shape}"
+            )
+        checked.append(array)
+    if len({len(array) for array in checked}) > 1:
+        raise ValueError(f"Argument `{argument}` must have the same number of samples for every input.")
+    return checked
+
+
+def generated_inputs(model: keras.Model, samples: int = 16, seed: int = 0) -> list[np.ndarray]:
+    """Standard-normal inputs (integers in {0, 1} for integer inputs) of the model's input shapes."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for shape, dtype in input_specs(model):
+        if any(d is None for d in shape):
+            raise ValueError(
+                f"Model '{model.name}' has an input of unknown shape {shape}; pass sample inputs "
+                "(`representative_data` or `inputs`) to fix its dimensions."
+            )
+        size = (samples, *shape)
+        if np.issubdtype(np.dtype(dtype), np.integer):
+            arrays.append(rng.integers(0, 2, size=size).astype(dtype))
+        else:
+            arrays.append(rng.standard_normal(size).astype(dtype))
+    return arrays
+
+
+def keras_outputs(model: keras.Model, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """The model's outputs (inference mode) as a list of float arrays."""
+    outputs = model(inputs if len(inputs) > 1 else inputs[0], training=False)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return [np.asarray(keras.ops.convert_to_numpy(output), dtype=np.float64) for output in outputs]
+
+
+def check_output_path(path, overwrite: bool) -> str:
+    """`path` as a string, refusing an existing path (unless `overwrite`) or a missing parent folder."""
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise ValueError(f"Argument `path` must be a file path. Received: path={path!r}") from None
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"Argument `path`: the folder {parent!r} does not exist. Received: path={path!r}")
+    if os.path.lexists(path) and not overwrite:
+        raise OutputExistsError(f"Argument `path`: {path!r} exists; pass `overwrite=True` to replace it.")
+    return path
+
+
+def write_file_atomically(path: str, content: bytes, overwrite: bool) -> None:
+    """Writes `content` to a temporary file beside `path`, then renames it: readers never see half a file."""
+    check_output_path(path, overwrite)
+    folder = os.path.dirname(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    # os.open with mode 0o666 lets the umask set the permissions, as for any new file
+    # (tempfile.mkstemp would make it readable by its owner only).
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(content)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def replace_with_folder(path: str, folder: str, overwrite: bool) -> None:
+    """Moves the finished `folder` to `path`; an existing `path` is moved aside first, then deleted.
+
+    A folder cannot be swapped in one `os.replace`, so an existing output is renamed out of the way
+    and restored if the move fails.
+    """
+    check_output_path(path, overwrite)
+    aside = None
+    if os.path.lexists(path):
+        aside = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".replaced.")
+        aside = os.path.join(aside, "old")
+        os.replace(path, aside)
+    try:
+        os.replace(folder, path)
+    except BaseException:
+        if aside is not None:
+            os.replace(aside, path)
+        raise
+    if aside is not None:
+        shutil.rmtree(os.path.dirname(aside), ignore_errors=True)
