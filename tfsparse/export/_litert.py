@@ -31,6 +31,7 @@ TOLERANCES = {None: 1e-4, "float16": 1e-2, "dynamic": 0.05, "int8": 0.15}
 
 _DELEGATE_FAILURE = re.compile(r"failed to delegate (\w+) node #(\d+)")
 _TRAILING_NUMBER = re.compile(r"_(\d+)$")
+_MESSAGE_START = re.compile(r"(?<=[^\s;])(?=failed to delegate |Node number )")
 
 
 def _read(tflite) -> bytes:
@@ -58,7 +59,8 @@ def open_interpreter(flatbuffer: bytes, default_delegates: bool = True, **kwargs
         interpreter = Interpreter(model_content=flatbuffer, experimental_op_resolver_type=resolver, **kwargs)
         interpreter.allocate_tensors()
     except (RuntimeError, ValueError) as error:
-        raise RuntimeError(str(error)) from None
+        # LiteRT runs its messages together ("...node #7Node number 11 ..."); keep them apart.
+        raise RuntimeError(_MESSAGE_START.sub("; ", str(error).strip())) from None
     return interpreter
 
 
