@@ -1,6 +1,9 @@
 """tfsparse: pruning and sparsity for Keras 3 models."""
 
+from tfsparse import criteria, regularizers
 from tfsparse.callbacks import PruningSummaries, UpdatePruningStep
+from tfsparse.finetune import finetune, prune_and_finetune
+from tfsparse.oneshot import prune_by_threshold, prune_oneshot
 from tfsparse.prune import prune_low_magnitude, strip_pruning
 from tfsparse.registry import PrunableLayer
 from tfsparse.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
@@ -16,6 +19,12 @@ __all__ = [
     "PruningSchedule",
     "PruningSummaries",
     "UpdatePruningStep",
+    "criteria",
+    "finetune",
+    "prune_and_finetune",
+    "prune_by_threshold",
     "prune_low_magnitude",
+    "prune_oneshot",
+    "regularizers",
     "strip_pruning",
 ]

@@ -7,7 +7,8 @@ import os
 import keras
 import numpy as np
 
-from tfsparse import mask_updates
+from tfsparse import criteria, mask_updates
+from tfsparse.calibration import Calibration
 from tfsparse.wrapper import no_step_driver_message
 
 
@@ -17,10 +18,23 @@ class UpdatePruningStep(keras.callbacks.Callback):
     Required when fitting a model made by `prune_low_magnitude`. The step is kept in each layer
     (and saved with the model), so a model loaded from a checkpoint continues its schedule.
 
+    Criteria that score weights on data ("taylor": gradients, "wanda": input norms) take them from
+    `calibration_data`, measured only when masks are recomputed: at each mask update a few random
+    batches are drawn (pass the training arrays to score on recent training data), so the
+    training steps themselves cost the same as with "magnitude".
+
+    Args:
+        calibration_data: `(x, y)` arrays or an iterable of `(x, y)` batches, for criteria
+            "taylor" and "wanda" (x alone suffices for "wanda"); None otherwise.
+        calibration_batches: batches drawn per mask update.
+        batch_size: size of the batches drawn from arrays.
+        loss: the loss for gradients; defaults to the model's compiled loss.
+
     Example:
 
     ```python
     pruned.fit(x, y, epochs=2, callbacks=[tfsparse.UpdatePruningStep()])
+    taylor.fit(x, y, epochs=2, callbacks=[tfsparse.UpdatePruningStep(calibration_data=(x, y))])
     ```
 
     In a custom training loop, call the hooks yourself:
@@ -36,16 +50,22 @@ class UpdatePruningStep(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self):
+    def __init__(self, calibration_data=None, calibration_batches: int = 4, batch_size: int = 32, loss=None):
         super().__init__()
+        self.calibration_data = calibration_data
+        self.calibration_batches = calibration_batches
+        self.batch_size = batch_size
+        self.loss = loss
+        self._calibration = None
         self._wrappers = []
         self._step = 0
 
     def on_train_begin(self, logs=None):
         mask_updates.sync_backend_state(self.model)
         self._wrappers = mask_updates.collect_wrappers(self.model)
-        refused = [wrapper.set_step_driven(True) for wrapper in self._wrappers]
         self._step = self._stored_step()
+        self._calibration = self._make_calibration()
+        refused = [wrapper.set_step_driven(True) for wrapper in self._wrappers]
         if not self._wrappers or not hasattr(self.model, "make_train_function"):
             return  # a custom training loop: the layers check for the driver themselves
         if any(refused):
@@ -53,6 +73,28 @@ class UpdatePruningStep(keras.callbacks.Callback):
             self.model.make_train_function(force=True)
         if not isinstance(self.model.train_function, _RequiresStepDriver):
             self.model.train_function = _RequiresStepDriver(self.model.train_function, self._wrappers)
+
+    def _make_calibration(self) -> Calibration | None:
+        wanting = [
+            w
+            for w in self._wrappers
+            if criteria.get(w.criterion).needs_calibration and not self._schedule_ended(w)
+        ]
+        if self.calibration_data is None:
+            if wanting:
+                raise ValueError(
+                    f"Layer '{wanting[0].name}' is pruned with criterion {wanting[0].criterion!r}, which "
+                    "scores weights on data. Pass `tfsparse.UpdatePruningStep(calibration_data=(x, y))` "
+                    "(e.g. the training arrays). Received: calibration_data=None"
+                )
+            return None
+        return Calibration(
+            self.model, self.calibration_data, self.calibration_batches, self.batch_size, self.loss
+        )
+
+    def _schedule_ended(self, wrapper) -> bool:
+        end_step = getattr(wrapper.pruning_schedule, "end_step", -1)
+        return 0 <= end_step < self._step
 
     def _stored_step(self) -> int:
         built = [wrapper for wrapper in self._wrappers if wrapper.built]
@@ -63,7 +105,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         if self._wrappers and any(wrapper.pruning_schedule(self._step)[0] for wrapper in self._wrappers):
             mask_updates.sync_backend_state(self.model)
-            mask_updates.update_masks([w for w in self._wrappers if w.built], self._step)
+            mask_updates.update_masks([w for w in self._wrappers if w.built], self._step, self._calibration)
         self._step += 1
 
     def on_epoch_end(self, epoch, logs=None):

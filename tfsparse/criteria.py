@@ -1,7 +1,16 @@
-"""Importance scores of weights: the lower the score, the earlier a weight is pruned."""
+"""Importance scores of weights: the lower the score, the earlier a weight is pruned.
+
+A criterion is a pure numpy function of a weight and, for some criteria, of inputs measured
+elsewhere: `gradient` (|gradient| summed over calibration batches, see `tfsparse.calibration`),
+`input_norm` (the L2 norm of each input feature of the layer, also from calibration data) or
+`reference` (the weight when pruning began, kept by the pruning wrapper). `mask_updates` gathers
+the inputs each criterion declares and turns the scores into masks.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import types
 from collections.abc import Callable
 
 import numpy as np
@@ -19,16 +28,150 @@ def magnitude(weight: np.ndarray) -> np.ndarray:
     return np.abs(weight)
 
 
-_CRITERIA: dict[str, Callable[[np.ndarray], np.ndarray]] = {"magnitude": magnitude}
+def taylor(weight: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+    """First-order Taylor importance: `|w * g|` summed over batches, i.e. `|w| * sum_b |g_b|`.
+
+    Estimates how much the loss changes when the weight is removed. A small weight the loss is
+    sensitive to outranks a larger one it ignores.
+
+    Args:
+        weight: the weight values.
+        gradient: `sum_b |dL/dw|` over recent or calibration batches, same shape as `weight`.
+
+    Returns:
+        The scores, same shape as `weight`.
+
+    Example:
+
+    ```python
+    taylor(np.array([0.1, 1.0]), gradient=np.array([50.0, 0.01]))  # array([5.  , 0.01])
+    ```
+    """
+    return np.abs(weight) * gradient
 
 
-def get(name: str) -> Callable[[np.ndarray], np.ndarray]:
-    """The scoring function registered under `name`; `ValueError` names the choices otherwise.
+def movement(weight: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Movement score: how far a weight moved away from zero since `reference` was taken.
+
+    Movement pruning (Sanh et al., 2020) scores a weight by `-sum_t g_t * w_t` over training; for
+    small steps that sum is proportional to `(w**2 - w_ref**2) / 2`, which is what this returns.
+    Weights moving toward zero score below zero and are pruned first, whatever their size. With a
+    zero reference (before pruning began) the score is `w**2 / 2`: magnitude order.
+
+    Args:
+        weight: the weight values now.
+        reference: the weight values when pruning began (zeros before that).
+
+    Returns:
+        Signed scores, same shape as `weight`.
+
+    Example:
+
+    ```python
+    movement(np.array([0.5, 0.2]), reference=np.array([0.9, 0.1]))  # array([-0.28 ,  0.015])
+    ```
+    """
+    return 0.5 * (np.square(weight) - np.square(reference))
+
+
+def wanda(weight: np.ndarray, input_norm: np.ndarray | None = None) -> np.ndarray:
+    """Wanda score (Sun et al., 2023): `|w|` times the L2 norm of the input feature it multiplies.
+
+    A weight on an input that is always large matters more than an equal weight on an input that is
+    always small. Layers whose inputs do not line up with a kernel axis (embeddings, recurrent and
+    attention layers) have no `input_norm` and are scored by magnitude.
+
+    Args:
+        weight: the weight values.
+        input_norm: the input features' L2 norms over calibration data, shaped to broadcast against
+            `weight` along its input axis; None for magnitude.
+
+    Returns:
+        The scores, same shape as `weight`.
+
+    Example:
+
+    ```python
+    wanda(np.array([[1.0], [1.0]]), input_norm=np.array([[10.0], [0.1]]))  # [[10. ], [ 0.1]]
+    ```
+    """
+    if input_norm is None:
+        return np.abs(weight)
+    return np.abs(weight) * input_norm
+
+
+def lamp(scores: np.ndarray) -> np.ndarray:
+    """LAMP normalization (Lee et al., 2021): each score squared over the sum of the squares of the
+    scores at or above it in its layer.
+
+    Within a layer the order is unchanged; across layers the normalized scores are comparable, so
+    that one global threshold gives each layer a sparsity suited to its size and spread. The
+    largest score of every layer becomes 1, so no layer is ever emptied. Scores of `-inf` (weights
+    already pruned) stay `-inf`. Scores must be non-negative.
+
+    Example:
+
+    ```python
+    lamp(np.array([1.0, 2.0, 2.0]))  # array([0.111..., 0.5, 1.])
+    ```
+    """
+    flat = scores.ravel().astype(np.float64)
+    kept = np.flatnonzero(np.isfinite(flat))
+    normalized = np.full(flat.shape, -np.inf)
+    if kept.size:
+        order = kept[np.argsort(flat[kept], kind="stable")]
+        squares = np.square(flat[order])
+        at_or_above = np.cumsum(squares[::-1])[::-1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            normalized[order] = np.where(at_or_above > 0, squares / at_or_above, 0.0)
+    return normalized.reshape(scores.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Criterion:
+    """A scoring function and what it reads besides the weight.
+
+    Attributes:
+        name: the name users pass as `criterion=`.
+        score: `score(weight, **inputs) -> scores`.
+        inputs: the keyword inputs `score` takes: "gradient", "input_norm", "reference".
+        signed: whether scores can be negative (LAMP normalization needs non-negative scores).
+    """
+
+    name: str
+    score: Callable[..., np.ndarray]
+    inputs: tuple[str, ...] = ()
+    signed: bool = False
+
+    def __call__(self, weight: np.ndarray, **inputs) -> np.ndarray:
+        return self.score(weight, **inputs)
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether the scores need data run through the model (gradients or input norms)."""
+        return bool({"gradient", "input_norm"} & set(self.inputs))
+
+
+_CRITERIA = types.MappingProxyType(
+    {
+        "magnitude": Criterion("magnitude", magnitude),
+        "taylor": Criterion("taylor", taylor, inputs=("gradient",)),
+        "movement": Criterion("movement", movement, inputs=("reference",), signed=True),
+        "wanda": Criterion("wanda", wanda, inputs=("input_norm",)),
+    }
+)
+
+NAMES = tuple(_CRITERIA)
+
+
+def get(name: str) -> Criterion:
+    """The criterion registered under `name`; `ValueError` names the choices otherwise.
 
     Example:
 
     ```python
     get("magnitude")(np.array([-2.0]))  # array([2.])
+    get("taylor").inputs  # ('gradient',)
     ```
     """
     if name not in _CRITERIA:

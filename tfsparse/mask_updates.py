@@ -1,8 +1,10 @@
 """Recomputing the masks of a model's pruning wrappers: schedule -> scores -> masks -> variables.
 
 This is the host-side step that `UpdatePruningStep` runs when a schedule says to prune, and that
-one-shot pruning runs once. It reads the weights, scores them with each wrapper's criterion, turns
-scores into masks per layer or with one global threshold, and writes masks and masked weights back.
+one-shot pruning runs once. It reads the weights and whatever else each wrapper's criterion needs
+(gradients or input norms measured on calibration data, reference weights kept by the wrapper),
+scores them, turns scores into masks per layer or with one global threshold (optionally on LAMP-
+normalized scores, with a minimum density per layer), and writes masks and masked weights back.
 """
 
 from __future__ import annotations
@@ -56,12 +58,74 @@ def _m_by_n_axis(layer: keras.layers.Layer) -> int:
     return -1 if isinstance(layer, _INPUT_AXIS_LAST) else -2
 
 
-def _scores(wrapper: PruneLowMagnitude) -> list[np.ndarray]:
+def input_axis(layer: keras.layers.Layer) -> int:
+    """The axis of a layer's kernel that runs over its input features (m:n groups, Wanda norms)."""
+    return _m_by_n_axis(layer)
+
+
+def _input_norm_for(wrapper: PruneLowMagnitude, norm: np.ndarray | None) -> list[np.ndarray | None]:
+    # Wanda needs the kernel's input axis to line up with the layer's input features; layers with
+    # several pruned weights (recurrent, attention) or other inputs (embeddings) get None.
+    weights = wrapper.pruned_weights
+    if norm is None or len(weights) != 1 or len(weights[0].shape) < 2:
+        return [None] * len(weights)
+    axis = input_axis(wrapper.layer)
+    shape = [1] * len(weights[0].shape)
+    if weights[0].shape[axis] != norm.size:
+        return [None]
+    shape[axis] = norm.size
+    return [norm.reshape(shape)]
+
+
+def _criterion_inputs(wrappers: list[PruneLowMagnitude], calibration) -> dict[int, list[dict]]:
+    """For each wrapper, per pruned weight, the inputs its criterion takes besides the weight."""
+    needs = {id(w): criteria.get(w.criterion).inputs for w in wrappers}
+    wanting_data = [w for w in wrappers if criteria.get(w.criterion).needs_calibration]
+    if wanting_data and calibration is None:
+        raise ValueError(
+            f"Layer '{wanting_data[0].name}' is pruned with criterion {wanting_data[0].criterion!r}, "
+            "which scores weights on data run through the model. Pass "
+            "`tfsparse.UpdatePruningStep(calibration_data=(x, y))` (a few batches of training data)."
+        )
+    gradient_weights = [v for w in wrappers if "gradient" in needs[id(w)] for v in w.pruned_weights]
+    gradients = iter(calibration.gradient_magnitudes(gradient_weights) if gradient_weights else ())
+    norm_wrappers = [w for w in wrappers if "input_norm" in needs[id(w)]]
+    norms = calibration.input_norms(norm_wrappers) if norm_wrappers else {}
+    inputs = {}
+    for wrapper in wrappers:
+        per_weight = [{} for _ in wrapper.pruned_weights]
+        if "gradient" in needs[id(wrapper)]:
+            for weight_inputs in per_weight:
+                weight_inputs["gradient"] = next(gradients)
+        if "input_norm" in needs[id(wrapper)]:
+            for weight_inputs, norm in zip(per_weight, _input_norm_for(wrapper, norms.get(id(wrapper)))):
+                weight_inputs["input_norm"] = norm
+        if "reference" in needs[id(wrapper)]:
+            for weight_inputs, reference in zip(per_weight, wrapper.get_weight_references()):
+                weight_inputs["reference"] = reference
+        inputs[id(wrapper)] = per_weight
+    return inputs
+
+
+def _scores(wrapper: PruneLowMagnitude, inputs: list[dict] | None = None) -> list[np.ndarray]:
     score = criteria.get(wrapper.criterion)
-    # Weights already pruned score from their masked value, so a pruned weight stays pruned.
-    return [
-        score(value * mask) for value, mask in zip(wrapper.get_pruned_weight_values(), wrapper.get_masks())
-    ]
+    inputs = inputs if inputs is not None else [{} for _ in wrapper.pruned_weights]
+    scores = []
+    for value, mask, weight_inputs in zip(wrapper.get_pruned_weight_values(), wrapper.get_masks(), inputs):
+        # Weights already pruned score from their masked value and below every kept weight, so a
+        # pruned weight stays pruned whatever the criterion (signed ones included).
+        weight_scores = np.where(mask > 0, score(value * mask, **weight_inputs), -np.inf)
+        if wrapper.score_normalization == "lamp":
+            weight_scores = criteria.lamp(weight_scores)
+        scores.append(weight_scores)
+    return scores
+
+
+def _record_references(wrapper: PruneLowMagnitude) -> None:
+    # Movement is measured from the weights as they were at the first mask update.
+    references = wrapper.get_weight_references()
+    if references and not any(np.any(r) for r in references):
+        wrapper.set_weight_references(wrapper.get_pruned_weight_values())
 
 
 def layer_masks(wrapper: PruneLowMagnitude, scores: list[np.ndarray], sparsity: float) -> list[np.ndarray]:
@@ -77,10 +141,12 @@ def _schedule_key(wrapper: PruneLowMagnitude) -> str:
     return json.dumps([type(schedule).__name__, schedule.get_config()], sort_keys=True, default=str)
 
 
-def prune_to(wrappers: Iterable[PruneLowMagnitude], sparsity_of) -> None:
+def prune_to(wrappers: Iterable[PruneLowMagnitude], sparsity_of, calibration=None) -> None:
     """Recomputes masks now. `sparsity_of(wrapper)` gives each wrapper's sparsity, or None to skip.
 
-    Wrappers with scope "global" that share a schedule are pruned together with one threshold.
+    Wrappers with scope "global" that share a schedule are pruned together with one threshold,
+    each keeping at least its `min_density`. `calibration` (a `tfsparse.calibration.Calibration`)
+    measures gradients and input norms for criteria that need them ("taylor", "wanda").
 
     Example:
 
@@ -88,25 +154,32 @@ def prune_to(wrappers: Iterable[PruneLowMagnitude], sparsity_of) -> None:
     prune_to(collect_wrappers(pruned), lambda wrapper: 0.8)  # one-shot, 80% everywhere
     ```
     """
+    due = [(wrapper, sparsity_of(wrapper)) for wrapper in wrappers]
+    due = [(wrapper, sparsity) for wrapper, sparsity in due if sparsity is not None]
+    inputs = _criterion_inputs([wrapper for wrapper, _ in due], calibration)
     global_groups: dict[str, list[tuple[PruneLowMagnitude, float]]] = {}
-    for wrapper in wrappers:
-        sparsity = sparsity_of(wrapper)
-        if sparsity is None:
-            continue
+    for wrapper, sparsity in due:
         if wrapper.scope == "global" and wrapper.sparsity_m_by_n is None:
             global_groups.setdefault(_schedule_key(wrapper), []).append((wrapper, sparsity))
         else:
-            wrapper.set_masks(layer_masks(wrapper, _scores(wrapper), sparsity))
+            wrapper.set_masks(layer_masks(wrapper, _scores(wrapper, inputs[id(wrapper)]), sparsity))
     for group in global_groups.values():
-        scores = [_scores(wrapper) for wrapper, _ in group]
+        scores = [_scores(wrapper, inputs[id(wrapper)]) for wrapper, _ in group]
         flat_scores = [s for per_wrapper in scores for s in per_wrapper]
-        masks = iter(masking.global_masks(flat_scores, group[0][1]))
+        min_density = [
+            wrapper.min_density for (wrapper, _), per_wrapper in zip(group, scores) for _ in per_wrapper
+        ]
+        masks = iter(masking.global_masks(flat_scores, group[0][1], min_density=min_density))
         for (wrapper, _), per_wrapper in zip(group, scores):
             wrapper.set_masks([next(masks) for _ in per_wrapper])
+    for wrapper, _ in due:
+        _record_references(wrapper)
 
 
-def update_masks(wrappers: Iterable[PruneLowMagnitude], step: int) -> bool:
+def update_masks(wrappers: Iterable[PruneLowMagnitude], step: int, calibration=None) -> bool:
     """Recomputes the masks of the wrappers whose schedule prunes at `step`; True if any did.
+
+    `calibration` measures gradients or input norms for criteria that need them (see `prune_to`).
 
     Example:
 
@@ -121,7 +194,7 @@ def update_masks(wrappers: Iterable[PruneLowMagnitude], step: int) -> bool:
         decisions[id(wrapper)] = sparsity if should_prune else None
     if all(value is None for value in decisions.values()):
         return False
-    prune_to(wrappers, lambda wrapper: decisions[id(wrapper)])
+    prune_to(wrappers, lambda wrapper: decisions[id(wrapper)], calibration)
     return True
 
 

@@ -124,13 +124,16 @@ def m_by_n_mask(scores: np.ndarray, m: int, n: int, axis: int = -2) -> np.ndarra
     return np.moveaxis(mask, -1, axis)
 
 
-def global_masks(scores: Sequence[np.ndarray], sparsity: float, min_density: float = 0.0) -> list[np.ndarray]:
+def global_masks(
+    scores: Sequence[np.ndarray], sparsity: float, min_density: float | Sequence[float] = 0.0
+) -> list[np.ndarray]:
     """Masks for several weights from one threshold shared by all of them.
 
     In all, `round(sparsity * total_size)` weights are zeroed, the lowest scores across every weight
     first, so that layers end up with different sparsities. Each weight keeps at least
     `ceil(min_density * size)` of its weights, so that no layer is cut off; when that floor makes
-    the total unreachable, as many weights as the floors allow are zeroed.
+    the total unreachable, as many weights as the floors allow are zeroed. `min_density` is one
+    value for all weights or one per weight.
 
     Example:
 
@@ -147,7 +150,8 @@ def global_masks(scores: Sequence[np.ndarray], sparsity: float, min_density: flo
     for index in range(len(scores)):
         positions = np.flatnonzero(owner[order] == index)
         rank_in_owner[positions] = np.arange(positions.size)
-    caps = np.array([size - math.ceil(min_density * size) for size in sizes], dtype=np.int64)
+    densities = [min_density] * len(sizes) if np.isscalar(min_density) else list(min_density)
+    caps = np.array([size - math.ceil(d * size) for size, d in zip(sizes, densities)], dtype=np.int64)
     eligible = order[rank_in_owner < caps[owner[order]]]
     zeroed = eligible[: num_zeros(flat.size, sparsity)]
     mask = np.ones(flat.size, dtype=np.float32)

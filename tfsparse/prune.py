@@ -83,7 +83,8 @@ def prune_low_magnitude(
         block_size: `(rows, cols)` of the blocks pruned together.
         block_pooling_type: "AVG" or "MAX", how a block's scores are pooled.
         sparsity_m_by_n: `(m, n)`, e.g. `(2, 4)`, to keep `m` of every `n` consecutive weights.
-        **kwargs: further `PruneLowMagnitude` arguments (`criterion`, `scope`).
+        **kwargs: further `PruneLowMagnitude` arguments (`criterion`, `scope`, `regularizer`,
+            `score_normalization`, `min_density`).
 
     Returns:
         The same kind of object as `to_prune`, with prunable layers wrapped.

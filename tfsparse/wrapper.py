@@ -14,11 +14,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfsparse import criteria, registry
+from tfsparse import criteria, registry, regularizers
 from tfsparse.masking import BLOCK_POOLING_TYPES
 from tfsparse.schedules import ConstantSparsity, PruningSchedule
 
 SCOPES = ("layer", "global")
+SCORE_NORMALIZATIONS = (None, "lamp")
 
 
 def no_step_driver_message(name: str) -> str:
@@ -82,9 +83,18 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         block_pooling_type: how scores are pooled in a block: "AVG" or "MAX".
         sparsity_m_by_n: `(m, n)` keeps the `m` largest of every `n` consecutive weights along the
             input dimension (2:4 for sparse tensor cores); the schedule then only says when.
-        criterion: how weights are scored: a name from `tfsparse.criteria` ("magnitude").
+        criterion: how weights are scored: a name from `tfsparse.criteria`: "magnitude",
+            "taylor" (|w * gradient|), "movement" (weights moving toward zero go first) or
+            "wanda" (|w| * input norm). "taylor" and "wanda" need
+            `UpdatePruningStep(calibration_data=...)`.
         scope: "layer" (each layer reaches the sparsity) or "global" (one threshold across all
             layers pruned with scope "global" and the same schedule).
+        regularizer: a `tfsparse.regularizers` penalty on the pruned weights, added to the
+            model's losses; its strength may follow the pruning step. Dropped by `strip_pruning`.
+        score_normalization: None, or "lamp" to normalize scores per layer (LAMP) before the
+            global threshold of scope "global"; needs a criterion with non-negative scores.
+        min_density: with scope "global", the share of each pruned weight that is always kept,
+            in [0, 1].
 
     Example:
 
@@ -103,6 +113,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         sparsity_m_by_n: Sequence[int] | None = None,
         criterion: str = "magnitude",
         scope: str = "layer",
+        regularizer: regularizers.Regularizer | None = None,
+        score_normalization: str | None = None,
+        min_density: float = 0.0,
         **kwargs,
     ):
         if not isinstance(layer, keras.layers.Layer):
@@ -135,9 +148,23 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 "Arguments `sparsity_m_by_n` and `block_size` cannot be combined: pick one pattern. "
                 f"Received: sparsity_m_by_n={sparsity_m_by_n}, block_size={block_size}"
             )
-        criteria.get(criterion)
+        scorer = criteria.get(criterion)
         if scope not in SCOPES:
             raise ValueError(f"Argument `scope` must be one of {SCOPES}. Received: scope={scope!r}")
+        regularizer = regularizers.check(regularizer)
+        if score_normalization not in SCORE_NORMALIZATIONS:
+            raise ValueError(
+                f"Argument `score_normalization` must be one of {SCORE_NORMALIZATIONS}. "
+                f"Received: score_normalization={score_normalization!r}"
+            )
+        if score_normalization == "lamp" and scorer.signed:
+            raise ValueError(
+                "Argument `score_normalization='lamp'` needs non-negative scores, and criterion "
+                f"{criterion!r} gives signed ones. Use criterion 'magnitude', 'taylor' or 'wanda', "
+                "or score_normalization=None."
+            )
+        if not 0.0 <= min_density <= 1.0:
+            raise ValueError(f"Argument `min_density` must be in [0, 1]. Received: min_density={min_density}")
         kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
         kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **kwargs)
@@ -147,6 +174,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self.sparsity_m_by_n = sparsity_m_by_n
         self.criterion = criterion
         self.scope = scope
+        self.regularizer = regularizer
+        self.score_normalization = score_normalization
+        self.min_density = float(min_density)
+        self._input_observer = None
         self.supports_masking = layer.supports_masking
         self._inner_accepts_training = accepts_argument(layer.call, "training")
         self._inner_accepts_mask = accepts_argument(layer.call, "mask")
@@ -167,6 +198,19 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             )
             for weight in self.pruned_weights
         ]
+        # Criteria that score change (movement) keep the weights as they were when pruning began.
+        needs_reference = "reference" in criteria.get(self.criterion).inputs
+        self.weight_references = [
+            self.add_weight(
+                name=f"{weight.name}_reference",
+                shape=weight.shape,
+                dtype=weight.dtype,
+                initializer="zeros",
+                trainable=False,
+                aggregation="only_first_replica",
+            )
+            for weight in (self.pruned_weights if needs_reference else ())
+        ]
         self.pruning_step = self.add_weight(
             name="pruning_step",
             shape=(),
@@ -186,11 +230,16 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 self._refused_training = True
                 raise ValueError(no_step_driver_message(self.name))
             self.pruning_step.assign(self.pruning_step + 1)
+        if self._input_observer is not None:
+            self._input_observer(inputs)
         if self._inner_accepts_training:
             kwargs["training"] = training
         if mask is not None and self._inner_accepts_mask:
             kwargs["mask"] = mask
         masked = {id(weight): weight.value * mask_variable.value for weight, mask_variable in self._pairs()}
+        if self.regularizer is not None:
+            step = self.pruning_step.value
+            self.add_loss(sum(self.regularizer(value, step) for value in masked.values()))
         trainable = [masked.get(id(v), v.value) for v in self.layer.trainable_variables]
         non_trainable = [masked.get(id(v), v.value) for v in self.layer.non_trainable_variables]
         outputs, updated = self.layer.stateless_call(trainable, non_trainable, inputs, *args, **kwargs)
@@ -250,6 +299,23 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             mask_variable.assign(mask.astype(mask_variable.dtype))
             weight.assign(ops.convert_to_numpy(weight.value) * mask.astype(weight.dtype))
 
+    def get_weight_references(self) -> list[np.ndarray]:
+        """The weights as they were when pruning began (criteria that score change); zeros before."""
+        return [ops.convert_to_numpy(r.value) for r in self.weight_references]
+
+    def set_weight_references(self, references: Sequence[np.ndarray]) -> None:
+        """Records the reference weights that criteria such as "movement" measure change from."""
+        for variable, value in zip(self.weight_references, references):
+            variable.assign(np.asarray(value).astype(variable.dtype))
+
+    def set_input_observer(self, observer) -> None:
+        """Calls `observer(inputs)` on every eager call of the layer, or stops with None.
+
+        Calibration (Wanda input norms) uses it to see each pruned layer's inputs, also inside
+        nested models and for shared layers; it is not meant for traced (compiled) calls.
+        """
+        self._input_observer = observer
+
     def masked_weights(self) -> list[np.ndarray]:
         """The inner layer's weights (as `layer.get_weights()` orders them) with masks applied."""
         masks = {id(w): m for w, m in zip(self.pruned_weights, self.get_masks())}
@@ -270,6 +336,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 "sparsity_m_by_n": list(self.sparsity_m_by_n) if self.sparsity_m_by_n else None,
                 "criterion": self.criterion,
                 "scope": self.scope,
+                "regularizer": keras.saving.serialize_keras_object(self.regularizer),
+                "score_normalization": self.score_normalization,
+                "min_density": self.min_density,
             }
         )
         return config
@@ -285,5 +354,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         config["pruning_schedule"] = keras.saving.deserialize_keras_object(
             config["pruning_schedule"], custom_objects=custom_objects
         )
+        if config.get("regularizer") is not None:
+            config["regularizer"] = keras.saving.deserialize_keras_object(
+                config["regularizer"], custom_objects=custom_objects
+            )
         layer = config.pop("layer")
         return cls(layer, **config)

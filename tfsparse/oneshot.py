@@ -1,0 +1,170 @@
+"""Pruning in one go, without training: from calibration data (Wanda), or below a threshold.
+
+`prune_oneshot` suits models too big to retrain: it scores each weight on a few batches of inputs
+and sets the masks once. `prune_by_threshold` is the second half of regularized training: after an
+L1 or group-lasso penalty has pushed weights toward zero, it prunes those that got there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+from tfsparse import criteria, mask_updates
+from tfsparse.calibration import Calibration
+from tfsparse.prune import prune_low_magnitude, strip_pruning
+from tfsparse.schedules import ConstantSparsity
+
+
+def _sparsity_report(wrappers) -> dict[str, float]:
+    report = {}
+    for wrapper in wrappers:
+        masks = wrapper.get_masks()
+        zeros = sum(int(np.count_nonzero(m == 0)) for m in masks)
+        report[wrapper.name] = zeros / max(sum(m.size for m in masks), 1)
+    return report
+
+
+def prune_oneshot(
+    model: keras.Model,
+    sparsity: float,
+    data=None,
+    criterion: str = "wanda",
+    sparsity_m_by_n: Sequence[int] | None = None,
+    scope: str = "layer",
+    strip: bool = True,
+    batch_size: int = 32,
+    loss=None,
+    **kwargs,
+) -> keras.Model:
+    """Prunes a trained model once, scoring weights on calibration data; no retraining.
+
+    With the default criterion "wanda", a weight's score is `|w|` times the L2 norm, over `data`, of
+    the input feature it multiplies (Sun et al., 2023): a small weight on a loud input outranks a
+    larger one on a quiet input. "taylor" scores `|w * gradient|` (needs labels), "magnitude"
+    needs no data. The model passed in is not changed.
+
+    Args:
+        model: a trained Sequential or functional model.
+        sparsity: the fraction of each pruned weight to zero (of all of them with
+            `scope="global"`), in [0, 1). Ignored with `sparsity_m_by_n`.
+        data: calibration inputs: `x` or `(x, y)` arrays, or an iterable of batches. A few
+            hundred samples are enough.
+        criterion: "wanda", "taylor" or "magnitude".
+        sparsity_m_by_n: `(m, n)`, e.g. `(2, 4)`, to keep the `m` best of every `n` consecutive
+            weights along the input dimension instead of a sparsity.
+        scope: "layer" or "global" (one threshold across layers).
+        strip: True returns a plain Keras model with the masks applied (ready to save or
+            export); False returns the pruned model (`PruneLowMagnitude` layers holding the
+            masks), to fine-tune with `UpdatePruningStep` or inspect.
+        batch_size: batch size when `data` are arrays.
+        loss: the loss for "taylor"; defaults to the loss `model` was compiled with.
+        **kwargs: further `PruneLowMagnitude` arguments (`block_size`, `score_normalization`,
+            `min_density`).
+
+    Returns:
+        The pruned copy of `model`: plain if `strip`, else wrapped.
+
+    Example:
+
+    ```python
+    small = tfsparse.prune_oneshot(model, 0.5, x_train[:256])
+    two_four = tfsparse.prune_oneshot(model, 0.5, x_train[:256], sparsity_m_by_n=(2, 4))
+    ```
+    """
+    scorer = criteria.get(criterion)
+    if scorer.signed:
+        raise ValueError(
+            f"Argument `criterion` of `prune_oneshot` must score weights from one model state: one of "
+            f"['magnitude', 'taylor', 'wanda']. Received: criterion={criterion!r}"
+        )
+    if sparsity_m_by_n is None and not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"Argument `sparsity` must be in [0, 1). Received: sparsity={sparsity}")
+    if scorer.needs_calibration and data is None:
+        raise ValueError(
+            f"Argument `data` is needed by criterion {criterion!r}: pass calibration inputs (`x`, or "
+            "`(x, y)` for 'taylor'). Received: data=None"
+        )
+    schedule_sparsity = 0.5 if sparsity_m_by_n is not None else sparsity
+    pruned = prune_low_magnitude(
+        model,
+        pruning_schedule=ConstantSparsity(schedule_sparsity, 0),
+        sparsity_m_by_n=sparsity_m_by_n,
+        criterion=criterion,
+        scope=scope,
+        **kwargs,
+    )
+    calibration = None
+    if data is not None:
+        loss = loss if loss is not None else getattr(model, "loss", None)
+        calibration = Calibration(pruned, data, batches=None, batch_size=batch_size, loss=loss)
+    mask_updates.prune_to(
+        mask_updates.collect_wrappers(pruned), lambda wrapper: schedule_sparsity, calibration
+    )
+    return strip_pruning(pruned) if strip else pruned
+
+
+def prune_by_threshold(
+    model: keras.Model, threshold: float | None = None, sparsity: float | None = None, calibration=None
+) -> dict[str, float]:
+    """Prunes the weights a regularizer pushed toward zero, and reports the sparsity each layer reached.
+
+    Give either `threshold` (every pruned weight with `|w| < threshold` is masked) or `sparsity`
+    (masks are recomputed to that sparsity with each layer's criterion and scope, so
+    `scope="global"` layers share one threshold). Weights already pruned stay pruned. Fine-tune
+    afterwards with `tfsparse.finetune` (its schedule must have ended, so masks stay fixed).
+
+    Args:
+        model: a model from `prune_low_magnitude`, typically trained with a `regularizer`.
+        threshold: magnitude below which weights are pruned, >= 0.
+        sparsity: target sparsity in [0, 1), instead of a threshold.
+        calibration: a `tfsparse.calibration.Calibration`, for data-driven criteria with
+            `sparsity`.
+
+    Returns:
+        `{layer name: sparsity of its pruned weights}` for every pruning wrapper.
+
+    Example:
+
+    ```python
+    pruned = tfsparse.prune_low_magnitude(
+        model, pruning_schedule=tfsparse.ConstantSparsity(0.0, 0, end_step=0),
+        regularizer=tfsparse.regularizers.L1(1e-4))
+    pruned.fit(x, y, epochs=5, callbacks=[tfsparse.UpdatePruningStep()])
+    tfsparse.prune_by_threshold(pruned, threshold=1e-3)  # {'prune_low_magnitude_dense': 0.91, ...}
+    ```
+    """
+    if (threshold is None) == (sparsity is None):
+        raise ValueError(
+            "Pass exactly one of the arguments `threshold` and `sparsity`. "
+            f"Received: threshold={threshold}, sparsity={sparsity}"
+        )
+    wrappers = [w for w in mask_updates.collect_wrappers(model) if w.built]
+    if not wrappers:
+        raise ValueError(
+            f"Model '{model.name}' has no pruned layers; wrap it with `tfsparse.prune_low_magnitude` "
+            "(with `regularizer=...`) and train it first."
+        )
+    mask_updates.sync_backend_state(model)
+    if sparsity is not None:
+        if not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"Argument `sparsity` must be in [0, 1). Received: sparsity={sparsity}")
+        mask_updates.prune_to(wrappers, lambda wrapper: sparsity, calibration)
+        return _sparsity_report(wrappers)
+    if not threshold >= 0.0:
+        raise ValueError(f"Argument `threshold` must be a number >= 0. Received: threshold={threshold}")
+    for wrapper in wrappers:
+        if wrapper.sparsity_m_by_n is not None or tuple(wrapper.block_size) != (1, 1):
+            raise ValueError(
+                f"Layer '{wrapper.name}' prunes in blocks or m:n groups, which a threshold on single "
+                "weights would break; pass `sparsity=` instead. Received: threshold="
+                f"{threshold}"
+            )
+        masks = [
+            mask * (np.abs(value) >= threshold)
+            for value, mask in zip(wrapper.get_pruned_weight_values(), wrapper.get_masks())
+        ]
+        wrapper.set_masks(masks)
+    return _sparsity_report(wrappers)
