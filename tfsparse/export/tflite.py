@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
+import tempfile
 import warnings
 
 import keras
@@ -48,22 +50,23 @@ QUANTIZE_MODES = (None, "dynamic", "float16", "int8")
 
 # Samples run through the file to compare it with Keras; calibration uses all of them.
 _VERIFY_SAMPLES = 32
+# Characters TensorFlow accepts in a signature's input names.
+_SIGNATURE_NAME = re.compile(r"[^A-Za-z0-9_.\-/]")
 
 
-def _batch_one(model: keras.Model) -> keras.Model:
-    """`model` called on inputs of batch size 1, so that every shape in the graph is static."""
-    inputs = [
-        keras.Input(batch_shape=(1, *tensor.shape[1:]), dtype=tensor.dtype, name=tensor.name)
-        for tensor in model.inputs
-    ]
-    outputs = model(inputs if len(inputs) > 1 else inputs[0])
-    return keras.Model(inputs, outputs, name=model.name)
+@contextlib.contextmanager
+def _quiet():
+    # Keras' export prints the endpoint's signature; the converter warns that int8 inputs have no
+    # statistics (expected: inputs and outputs stay float) and TensorFlow emits numpy 2 notes.
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        yield
 
 
-def _convert(model: keras.Model, sparse: bool, quantize: str | None, calibration: list[np.ndarray]) -> bytes:
+def _configure(converter, sparse: bool, quantize: str | None, calibration: list[np.ndarray]) -> None:
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(_batch_one(model))
     optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else []
     if quantize is not None:
         optimizations.append(tf.lite.Optimize.DEFAULT)
@@ -78,17 +81,31 @@ def _convert(model: keras.Model, sparse: bool, quantize: str | None, calibration
 
         converter.representative_dataset = samples
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    # Keras' export prints the saved artifact's signature; the converter warns that int8 inputs
-    # have no statistics, which is expected with float inputs and outputs.
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-        warnings.filterwarnings("ignore", category=DeprecationWarning)  # numpy 2 notes inside TF
+
+
+def _convert(model: keras.Model, sparse: bool, quantize: str | None, calibration: list[np.ndarray]) -> bytes:
+    """The converter's file for `model`, traced for batch size 1 (see the module docstring).
+
+    This is what `TFLiteConverter.from_keras_model` does, less the free batch dimension and less
+    the nesting a batch-1 wrapper model would add to every tensor name.
+    """
+    import tensorflow as tf
+
+    specs = [
+        tf.TensorSpec((1, *tensor.shape[1:]), tensor.dtype, name=_SIGNATURE_NAME.sub("_", tensor.name))
+        for tensor in model.inputs
+    ]
+    with tempfile.TemporaryDirectory(prefix="tfsparse-export-") as folder, _quiet():
         try:
+            signature = [specs if len(specs) > 1 else specs[0]]
+            model.export(folder, format="tf_saved_model", verbose=False, input_signature=signature)
+            converter = tf.lite.TFLiteConverter.from_saved_model(folder)
+            _configure(converter, sparse, quantize, calibration)
             return converter.convert()
-        except Exception as error:  # the converter raises several unrelated types
+        except Exception as error:  # tracing and conversion raise many unrelated types
             raise RuntimeError(
-                f"The TFLite converter failed on model '{model.name}' (sparse={sparse}, "
-                f"quantize={quantize!r}): {str(error).strip().splitlines()[-1]}"
+                f"Converting model '{model.name}' to TFLite failed (sparse={sparse}, quantize={quantize!r}): "
+                f"{str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__}"
             ) from error
 
 
@@ -139,6 +156,8 @@ def _sparse_where_it_runs(
 
     When no weight is left sparse, the converter's own dense file is returned (it is the smaller).
     """
+    if not _flatbuffer.sparse_weight_count(converted):
+        return converted  # nothing pruned enough for the converter to encode sparse
     flatbuffer = _flatbuffer.store_densely(converted, _flatbuffer.densify_not_paying(converted))
     fixed = _delegable(flatbuffer)
     if fixed is None:
