@@ -1,0 +1,108 @@
+"""Model files for the command line: loading in Keras' safe mode, and atomic writes.
+
+Every failure is a `ValueError` whose message is one sentence a user can act on.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable
+
+import keras
+
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def check_input_file(path: str, suffixes: tuple[str, ...]) -> str:
+    """`path` if it is an existing file with one of `suffixes`; a `ValueError` otherwise."""
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: no such file.")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, not a model file.")
+    if not path.lower().endswith(suffixes):
+        raise ValueError(f"{path}: expected a file ending in {' or '.join(suffixes)}.")
+    return path
+
+
+def load_model(path: str) -> keras.Model:
+    """Loads a `.keras` or `.h5` model in Keras' safe mode (no code from the file is run).
+
+    Pruned models load too: tfsparse's layers are registered with Keras. The model is not compiled.
+
+    Example:
+
+    ```python
+    model = load_model("model.keras")
+    ```
+    """
+    check_input_file(path, MODEL_SUFFIXES)
+    if path.lower().endswith(".keras") and not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a valid .keras file (a .keras file is a zip archive).")
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # Keras raises many kinds (ValueError, OSError, KeyError, TypeError)
+        message = str(error)
+        if "Lambda" in message and "safe_mode" in message:
+            raise ValueError(
+                f"{path} contains a Lambda layer, which would run Python code stored in the file; "
+                "tfsparse loads models in Keras' safe mode and refuses it. Replace the Lambda with "
+                "a registered custom layer, or prune the model in Python."
+            ) from None
+        if "Could not locate" in message or "Unknown layer" in message:
+            raise ValueError(
+                f"{path} uses a class Keras cannot find ({_one_line(message)[:200]}); "
+                "import the module that registers it, or prune the model in Python."
+            ) from None
+        raise ValueError(f"{path} cannot be loaded as a Keras model: {_one_line(message)[:300]}") from None
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a Keras model.")
+    return model
+
+
+def check_output_file(path: str, force: bool, suffixes: tuple[str, ...]) -> str:
+    """`path` if it can be written: right suffix, existing folder, and not there yet unless `force`."""
+    if not path.lower().endswith(suffixes):
+        raise ValueError(f"{path}: the output must end in {' or '.join(suffixes)}.")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{path}: the folder {folder} does not exist.")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder; give a file name.")
+    if os.path.lexists(path) and not force:
+        raise ValueError(f"{path} exists; pass --force to replace it.")
+    return path
+
+
+def write_atomically(path: str, write: Callable[[str], None]) -> None:
+    """Calls `write(temporary_path)` beside `path`, then renames: `path` is never half written.
+
+    The temporary path keeps `path`'s suffix, since Keras picks the format from it.
+
+    Example:
+
+    ```python
+    write_atomically("pruned.keras", model.save)
+    ```
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    suffix = os.path.splitext(base)[1]
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=f".tmp{suffix}")
+    os.close(handle)
+    try:
+        write(temporary)
+        # mkstemp makes the file private (0600); give it the mode a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
