@@ -1,0 +1,238 @@
+"""Accuracy vs sparsity: tfmot's PolynomialDecay against tfsparse's criteria, scopes and regularization.
+
+On scikit-learn's digits (a small CNN) and a generated 1-D task (an MLP classifying the frequency band
+of a noisy sine), prints the test accuracy at each sparsity and saves a plot. Every method starts
+from the same dense weights (trained once per task) with the same seed, and every pruned run gets
+the same budget: `--pruning-epochs` of gradual pruning (PolynomialDecay from 0, Adam at the dense
+learning rate), then `--finetune-epochs` at fixed masks with the learning rate decayed along a
+cosine (`tfsparse.prune_and_finetune`; the tfmot run does the same with tf-keras). Methods:
+
+- tfmot: tfmot 0.8.1 `prune_low_magnitude` with `PolynomialDecay`, on tf-keras (own process);
+- magnitude: tfsparse, same criterion and layer-wise scope as tfmot;
+- global: magnitude with one threshold across layers on LAMP-normalized scores;
+- taylor / movement: those criteria with one global threshold (their scores estimate the loss
+  change, comparable across layers); taylor draws 4 batches of training data per mask update;
+- l1+threshold: the pruning epochs train with a ramped L1 penalty and no pruning, then
+  `prune_by_threshold` to the sparsity (global, LAMP), then the same fine-tuning;
+- wanda (one-shot): `prune_oneshot` on 512 training inputs, no retraining at all.
+
+Sparsity counts the kernels of every Conv2D and Dense layer (biases are not pruned).
+
+    python benchmarks/accuracy_vs_sparsity.py [--quick] [--tasks digits signal] [--no-tfmot]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+sys.path.insert(0, os.path.dirname(__file__))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from _accuracy_tasks import (  # noqa: E402
+    BATCH_SIZE,
+    TASKS,
+    accuracy,
+    build,
+    compile_model,
+    data,
+    kernel_sparsity,
+    steps_per_epoch,
+)
+
+import tfsparse  # noqa: E402
+from tfsparse import mask_updates, regularizers  # noqa: E402
+
+SEED = 0
+L1_STRENGTH = 1e-4
+
+
+def _finish(model, x_test, y_test):
+    final = tfsparse.strip_pruning(model) if mask_updates.collect_wrappers(model) else model
+    return accuracy(final, x_test, y_test), kernel_sparsity([layer.get_weights() for layer in final.layers])
+
+
+def _gradual(dense, train, test, sparsity, settings, **prune_kwargs):
+    (x, y), (x_test, y_test) = train, test
+    pruned = tfsparse.prune_and_finetune(
+        dense,
+        x,
+        y,
+        sparsity=sparsity,
+        pruning_epochs=settings.pruning_epochs,
+        finetune_epochs=settings.finetune_epochs,
+        batch_size=BATCH_SIZE,
+        fit_kwargs={"verbose": 0},
+        **prune_kwargs,
+    )
+    return _finish(pruned, x_test, y_test)
+
+
+def _l1_then_threshold(dense, train, test, sparsity, settings):
+    (x, y), (x_test, y_test) = train, test
+    steps = settings.pruning_epochs * steps_per_epoch(x)
+    strength = regularizers.RampSchedule(
+        L1_STRENGTH, begin_step=0, ramp_end_step=steps // 2, end_step=steps - 1
+    )
+    pruned = tfsparse.prune_low_magnitude(
+        dense,
+        pruning_schedule=tfsparse.ConstantSparsity(0.0, begin_step=0, end_step=0),
+        regularizer=regularizers.L1(strength),
+        scope="global",
+        score_normalization="lamp",
+    )
+    compile_model(keras, pruned)
+    pruned.fit(
+        x,
+        y,
+        epochs=settings.pruning_epochs,
+        batch_size=BATCH_SIZE,
+        verbose=0,
+        callbacks=[tfsparse.UpdatePruningStep()],
+    )
+    tfsparse.prune_by_threshold(pruned, sparsity=sparsity)
+    tfsparse.finetune(pruned, x, y, epochs=settings.finetune_epochs, batch_size=BATCH_SIZE, verbose=0)
+    return _finish(pruned, x_test, y_test)
+
+
+def _wanda_oneshot(dense, train, test, sparsity, settings):
+    (x, _), (x_test, y_test) = train, test
+    return _finish(tfsparse.prune_oneshot(dense, sparsity, x[:512]), x_test, y_test)
+
+
+METHODS = {
+    "magnitude": lambda *a: _gradual(*a),
+    "global": lambda *a: _gradual(*a, scope="global", score_normalization="lamp"),
+    "taylor": lambda *a: _gradual(*a, criterion="taylor", scope="global"),
+    "movement": lambda *a: _gradual(*a, criterion="movement", scope="global"),
+    "l1+threshold": _l1_then_threshold,
+    "wanda (one-shot)": _wanda_oneshot,
+}
+
+
+def train_dense(task, settings):
+    (x, y), test = data(task)
+    keras.utils.set_random_seed(SEED)
+    dense = compile_model(keras, build(keras, task))
+    dense.fit(x, y, epochs=settings.dense_epochs, batch_size=BATCH_SIZE, verbose=0)
+    return dense, accuracy(dense, *test)
+
+
+def run_tfmot(task, dense, settings):
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "dense.npz")
+        np.savez(path, **{f"w{i}": w for i, w in enumerate(dense.get_weights())})
+        script = os.path.join(os.path.dirname(__file__), "_tfmot_accuracy.py")
+        env = dict(os.environ, TF_USE_LEGACY_KERAS="1", KERAS_BACKEND="tensorflow")
+        arguments = [
+            task,
+            path,
+            json.dumps(settings.sparsities),
+            str(settings.pruning_epochs),
+            str(settings.finetune_epochs),
+            str(SEED),
+        ]
+        done = subprocess.run([sys.executable, script, *arguments], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"the tfmot run failed:\n{done.stderr[-3000:]}")
+    return {float(key): tuple(value) for key, value in json.loads(done.stdout).items()}
+
+
+def run_task(task, settings):
+    train, test = data(task)
+    dense, dense_accuracy = train_dense(task, settings)
+    results = {}
+    if not settings.no_tfmot:
+        results["tfmot"] = run_tfmot(task, dense, settings)
+    for name, method in METHODS.items():
+        results[name] = {}
+        for sparsity in settings.sparsities:
+            keras.utils.set_random_seed(SEED)
+            results[name][sparsity] = method(dense, train, test, sparsity, settings)
+    for name, by_sparsity in results.items():
+        for sparsity, (_, reached) in by_sparsity.items():
+            if abs(reached - sparsity) > 0.005:
+                raise RuntimeError(f"{task}/{name} reached sparsity {reached:.4f}, not {sparsity}")
+    return dense_accuracy, {name: {s: r[0] for s, r in by.items()} for name, by in results.items()}
+
+
+def print_table(task, dense_accuracy, results, sparsities):
+    header = f"{task:<8} {'method':<18}" + "".join(f"{f'{s:.0%}':>8}" for s in sparsities)
+    print(header)
+    print(f"{'':<8} {'dense':<18}{dense_accuracy * 100:>8.1f}")
+    best = {s: max(results[n][s] for n in results if n != "tfmot") for s in sparsities}
+    for name, by_sparsity in results.items():
+        cells = ""
+        for s in sparsities:
+            mark = "*" if name != "tfmot" and by_sparsity[s] == best[s] else " "
+            cells += f"{by_sparsity[s] * 100:>7.1f}{mark}"
+        print(f"{'':<8} {name:<18}{cells}")
+    if "tfmot" in results:
+        margins = "".join(f"{(best[s] - results['tfmot'][s]) * 100:>+7.1f} " for s in sparsities)
+        print(f"{'':<8} {'best - tfmot':<18}{margins}")
+    gaps = "".join(f"{(best[s] - dense_accuracy) * 100:>+7.1f} " for s in sparsities)
+    print(f"{'':<8} {'best - dense':<18}{gaps}")
+    print(flush=True)
+
+
+def plot(all_results, sparsities, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(all_results), figsize=(6 * len(all_results), 4.5), squeeze=False)
+    for axis, (task, (dense_accuracy, results)) in zip(axes[0], all_results.items()):
+        axis.axhline(dense_accuracy * 100, color="black", linestyle="--", label="dense")
+        for name, by_sparsity in results.items():
+            style = {"color": "grey", "linewidth": 3} if name == "tfmot" else {}
+            axis.plot(
+                [s * 100 for s in sparsities],
+                [by_sparsity[s] * 100 for s in sparsities],
+                "o-",
+                label=name,
+                **style,
+            )
+        axis.set_title(f"{task}: test accuracy after pruning")
+        axis.set_xlabel("sparsity (%)")
+        axis.set_ylabel("accuracy (%)")
+        axis.set_ylim(bottom=max(0, min(min(r.values()) for r in results.values()) * 100 - 5))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="90%% and 98%% only, shorter training")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--no-tfmot", action="store_true", help="skip the tf-keras/tfmot reference")
+    parser.add_argument("--plot", default=os.path.join(os.path.dirname(__file__), "accuracy_vs_sparsity.png"))
+    settings = parser.parse_args()
+    settings.sparsities = [0.9, 0.98] if settings.quick else [0.5, 0.75, 0.9, 0.95, 0.98]
+    settings.dense_epochs = 15 if settings.quick else 30
+    settings.pruning_epochs = 4 if settings.quick else 8
+    settings.finetune_epochs = 4 if settings.quick else 8
+    print(
+        f"backend {keras.backend.backend()}, seed {SEED}, batch {BATCH_SIZE}; dense {settings.dense_epochs} epochs, "
+        f"then {settings.pruning_epochs} pruning + {settings.finetune_epochs} fine-tuning epochs per run; "
+        "test accuracy (%), * = best tfsparse method\n"
+    )
+    started = time.perf_counter()
+    all_results = {}
+    for task in settings.tasks:
+        all_results[task] = run_task(task, settings)
+        print_table(task, *all_results[task], settings.sparsities)
+    plot(all_results, settings.sparsities, settings.plot)
+    print(f"plot: {settings.plot}; wall time {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
