@@ -4,7 +4,7 @@ import pytest
 from conftest import make_mlp
 
 import tfsparse
-from tfsparse import criteria, mask_updates
+from tfsparse import _gradients, criteria, mask_updates
 from tfsparse.calibration import Calibration
 
 
@@ -185,3 +185,22 @@ def test_input_norms_are_the_l2_norms_of_each_input_feature_and_channel():
     norms = Calibration(pruned, data, batches=None, batch_size=8).input_norms(wrappers)
     np.testing.assert_allclose(norms[id(wrappers[0])], np.sqrt((data**2).sum(axis=(0, 1, 2))), rtol=1e-5)
     assert norms[id(wrappers[1])].shape == (32,)
+
+
+@pytest.mark.parametrize("name, expected_calls", [("magnitude", 0), ("taylor", 3)])
+def test_gradients_are_computed_only_at_mask_updates(name, expected_calls, tabular, monkeypatch):
+    x, y = tabular
+    calls = []
+    original = _gradients.gradient_magnitudes
+    monkeypatch.setattr(
+        _gradients, "gradient_magnitudes", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    pruned = tfsparse.prune_low_magnitude(
+        make_mlp(), pruning_schedule=tfsparse.PolynomialDecay(0.0, 0.5, 0, 16, frequency=8), criterion=name
+    )
+    pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    step_callback = tfsparse.UpdatePruningStep(calibration_data=(x, y))
+    pruned.fit(
+        x, y, epochs=3, batch_size=32, verbose=0, callbacks=[step_callback]
+    )  # 24 steps, updates at 0, 8, 16
+    assert len(calls) == expected_calls

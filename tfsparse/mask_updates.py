@@ -54,13 +54,9 @@ def sync_backend_state(model: keras.Model | None) -> None:
         sync()
 
 
-def _m_by_n_axis(layer: keras.layers.Layer) -> int:
-    return -1 if isinstance(layer, _INPUT_AXIS_LAST) else -2
-
-
 def input_axis(layer: keras.layers.Layer) -> int:
     """The axis of a layer's kernel that runs over its input features (m:n groups, Wanda norms)."""
-    return _m_by_n_axis(layer)
+    return -1 if isinstance(layer, _INPUT_AXIS_LAST) else -2
 
 
 def _input_norm_for(wrapper: PruneLowMagnitude, norm: np.ndarray | None) -> list[np.ndarray | None]:
@@ -132,7 +128,7 @@ def layer_masks(wrapper: PruneLowMagnitude, scores: list[np.ndarray], sparsity: 
     """Masks for one wrapper's weights at `sparsity`, in the wrapper's pattern (plain, block, m:n)."""
     if wrapper.sparsity_m_by_n is not None:
         m, n = wrapper.sparsity_m_by_n
-        return [masking.m_by_n_mask(s, m, n, axis=_m_by_n_axis(wrapper.layer)) for s in scores]
+        return [masking.m_by_n_mask(s, m, n, axis=input_axis(wrapper.layer)) for s in scores]
     return [masking.block_mask(s, sparsity, wrapper.block_size, wrapper.block_pooling_type) for s in scores]
 
 

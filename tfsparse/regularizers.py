@@ -9,6 +9,7 @@ toward zero early in training and switch off before fine-tuning. `strip_pruning`
 
 from __future__ import annotations
 
+import abc
 import math
 
 import keras
@@ -93,7 +94,7 @@ class RampSchedule:
         return cls(**config)
 
 
-class Regularizer:
+class Regularizer(abc.ABC):
     """Base class: `strength(step) * penalty(weight)`, added to the loss by the pruning wrapper.
 
     Subclasses implement `penalty(weight)` with `keras.ops` and extend `get_config`.
@@ -120,9 +121,9 @@ class Regularizer:
             return ops.convert_to_tensor(self.strength, "float32")
         return ops.cast(self.strength(step), "float32")
 
+    @abc.abstractmethod
     def penalty(self, weight):
         """The penalty of one weight at unit strength, a scalar tensor."""
-        raise TypeError(f"{type(self).__name__} must implement `penalty(weight)`.")
 
     def __call__(self, weight, step=0):
         """`strength_at(step) * penalty(weight)`, in float32."""
