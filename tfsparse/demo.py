@@ -78,6 +78,10 @@ class DemoResult:
         return "\n".join([text, *notes])
 
 
+def _epochs(count: int) -> str:
+    return f"{count} epoch" if count == 1 else f"{count} epochs"
+
+
 def _kilobytes(size: int) -> str:
     return f"{size / 1024:.1f} KB"
 
@@ -236,12 +240,12 @@ def run_demo(
         folder = output_dir or temporary
         paths = {key: os.path.join(folder, name) for key, name in FILES.items()}
 
-        print(f"Training a dense CNN on {len(x_train):,} digits ({epochs} epochs)")
+        print(f"Training a dense CNN on {len(x_train):,} digits ({_epochs(epochs)})")
         model = build_model()
         _compile(model)
         model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=verbose)
 
-        print(f"Training on with pruning to {sparsity:.0%} (PolynomialDecay, {epochs} epochs)")
+        print(f"Training on with pruning to {sparsity:.0%} (PolynomialDecay, {_epochs(epochs)})")
         schedule = pruning_schedule(sparsity, epochs, steps_per_epoch)
         pruned = prune_low_magnitude(model, pruning_schedule=schedule)
         _compile(pruned)

@@ -1,0 +1,269 @@
+"""The `tfsparse` command, run as a subprocess (plus cheap argument checks run in-process)."""
+
+import concurrent.futures
+import os
+import re
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from conftest import make_cnn
+
+import tfsparse
+from tfsparse import _files, analysis, cli, demo
+from tfsparse.mask_updates import collect_wrappers, prune_to
+
+# TensorFlow logs from C++ while `import tfsparse` loads it, before the command can silence it.
+_TENSORFLOW_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl|To enable the following)")
+
+
+def _run(*args, cwd):
+    """(exit status, stdout, stderr lines other than TensorFlow's start-up logs)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tfsparse.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    stderr = [line for line in result.stderr.splitlines() if line.strip() and not _TENSORFLOW_LOG.match(line)]
+    return result.returncode, result.stdout, stderr
+
+
+def _main(capfd, *args):
+    """Runs the command in this process: (exit status, stdout, stderr lines)."""
+    status = cli.main([str(arg) for arg in args])
+    out, err = capfd.readouterr()
+    return status, out, err.splitlines()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    keras.utils.set_random_seed(0)
+    model = make_cnn()
+    model.save(folder / "tiny.keras")
+    pruned = tfsparse.prune_low_magnitude(make_cnn(), pruning_schedule=tfsparse.ConstantSparsity(0.8, 0))
+    prune_to(collect_wrappers(pruned), lambda wrapper: 0.8)
+    pruned.save(folder / "pruned_wrapped.keras")
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Lambda(lambda t: t * 2)(inputs))).save(
+        folder / "lambda.keras"
+    )
+    (folder / "corrupt.keras").write_bytes(b"not a zip archive" * 8)
+    (folder / "corrupt.tflite").write_bytes(b"not a flatbuffer" * 8)
+    np.save(folder / "calibration.npy", np.random.default_rng(0).random((32, 8, 8, 1), dtype=np.float32))
+    np.save(folder / "wrong_shape.npy", np.zeros((32, 5), np.float32))
+    return folder
+
+
+def _table(stdout: str) -> dict[str, list[str]]:
+    """The demo's table as {model name: [accuracy, sparsity, parameters, size, gzipped, latency]}."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Model ") and "Accuracy" in line)
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith(("Keras", "TFLite")):
+            break
+        name, rest = re.split(r"\s{2,}", line, maxsplit=1)
+        rows[name] = re.split(r"\s{2,}", rest.strip())
+    return rows
+
+
+def test_demo_trains_prunes_exports_and_prints_one_table(tmp_path):
+    status, stdout, stderr = _run("demo", "--epochs", "1", "--output-dir", tmp_path / "demo", cwd=tmp_path)
+    assert status == 0 and stderr == [], stderr
+    assert stdout.count("43/43") >= 2  # Keras' progress bars, dense training and pruning
+    rows = _table(stdout)
+    assert list(rows) == [
+        "Keras, dense",
+        "Keras, pruned",
+        "TFLite float32, dense",
+        "TFLite float32, sparse",
+        "TFLite int8, sparse",
+    ]
+    percent = {name: [float(cell.rstrip("%")) for cell in row[:2]] for name, row in rows.items()}
+    assert percent["Keras, dense"][1] == 0.0
+    for name in list(rows)[1:]:
+        accuracy, sparsity = percent[name]
+        assert accuracy > 50.0 and 85.0 < sparsity < 90.5, (name, rows[name])
+        assert rows[name][2].endswith("/ 38,282")
+        assert rows[name][5].endswith(" ms") if name.startswith("TFLite") else rows[name][5] == "-"
+    kilobytes = {name: float(row[3].split()[0]) for name, row in rows.items()}
+    assert kilobytes["TFLite float32, sparse"] < kilobytes["TFLite float32, dense"] / 3
+    assert sorted(os.listdir(tmp_path / "demo")) == sorted(demo.FILES.values())
+
+
+def test_inspect_reports_the_masked_sparsity_of_a_pruned_model(files):
+    status, stdout, stderr = _run("inspect", "pruned_wrapped.keras", cwd=files)
+    assert status == 0 and stderr == [], stderr
+    totals = [line for line in stdout.splitlines() if line.startswith("Total")]
+    assert totals[1].split()[1:3] == ["pruned", "weights*"] and totals[1].endswith("80.0%")
+    assert re.search(r"^Parameters: 4,650 total, \d[\d,]* non-zero$", stdout, re.M)
+    assert "FLOPs per example:" in stdout
+
+
+def test_prune_then_export_int8_then_inspect_the_file(files, tmp_path, capfd):
+    status, stdout, stderr = _run(
+        "prune",
+        files / "tiny.keras",
+        "--sparsity",
+        "0.8",
+        "--scope",
+        "global",
+        "-o",
+        "pruned.keras",
+        cwd=tmp_path,
+    )
+    assert status == 0 and stderr == [], stderr
+    assert "Wrote pruned.keras" in stdout and "80.0%" in stdout
+    pruned = keras.saving.load_model(tmp_path / "pruned.keras")  # plain Keras layers
+    assert not collect_wrappers(pruned)
+    assert analysis.sparsity_report(pruned).prunable_totals.sparsity == pytest.approx(0.8, abs=0.001)
+
+    status, stdout, stderr = _run(
+        "export",
+        "pruned.keras",
+        "-o",
+        "pruned.tflite",
+        "--quantize",
+        "int8",
+        "--calibration",
+        files / "calibration.npy",
+        cwd=tmp_path,
+    )
+    assert status == 0 and all(line.startswith("tfsparse: warning: ") for line in stderr), stderr
+    assert "Wrote pruned.tflite" in stdout and "TFLite (int8)" in stdout and "within tolerance" in stdout
+    assert (tmp_path / "pruned.tflite").stat().st_size > 0
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]  # no temporary files left
+
+    status, stdout, stderr = _main(capfd, "inspect", tmp_path / "pruned.tflite")
+    assert status == 0
+    assert "Encoding" in stdout and "int8" in stdout and "FULLY_CONNECTED" in stdout
+
+
+BAD_INPUTS = {
+    "missing file": (
+        ("inspect", "missing.keras"),
+        1,
+        "tfsparse inspect: error: missing.keras: no such file.",
+    ),
+    "corrupt file": (
+        ("prune", "corrupt.keras", "--sparsity", "0.5", "-o", "out.keras"),
+        1,
+        "tfsparse prune: error: corrupt.keras is not a valid .keras file",
+    ),
+    "Lambda layer": (
+        ("export", "lambda.keras", "-o", "out.tflite"),
+        1,
+        "tfsparse export: error: lambda.keras contains a Lambda layer",
+    ),
+    "sparsity out of range": (
+        ("prune", "tiny.keras", "--sparsity", "1.0", "-o", "out.keras"),
+        2,
+        "tfsparse prune: error: argument --sparsity: must be in [0, 1). Received: 1.0",
+    ),
+    "bad m-by-n": (
+        ("prune", "tiny.keras", "--m-by-n", "4:2", "-o", "out.keras"),
+        2,
+        "tfsparse prune: error: argument --m-by-n: must be M:N with integers 0 < M < N",
+    ),
+    "existing output": (
+        ("prune", "tiny.keras", "--sparsity", "0.5", "-o", "lambda.keras"),
+        1,
+        "tfsparse prune: error: lambda.keras exists; pass --force to replace it.",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(files):
+    """Every BAD_INPUTS command run once, two at a time (each process spends seconds importing
+    TensorFlow), with the folder's files before and after."""
+    before = {path.name: path.read_bytes() for path in files.iterdir()}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        runs = dict(zip(BAD_INPUTS, pool.map(lambda case: _run(*BAD_INPUTS[case][0], cwd=files), BAD_INPUTS)))
+    after = {path.name: path.read_bytes() for path in files.iterdir()}
+    return runs, before, after
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_line_and_a_non_zero_exit(bad_input_runs, case):
+    runs, before, after = bad_input_runs
+    _, expected_status, message = BAD_INPUTS[case]
+    status, stdout, stderr = runs[case]
+    assert status == expected_status
+    assert len(stderr) == 1 and stderr[0].startswith(message), stderr
+    assert stdout == ""
+    assert after == before  # nothing written, nothing replaced
+
+
+IN_PROCESS_ERRORS = {
+    "corrupt tflite": (("inspect", "corrupt.tflite"), 1, "is not a TFLite flatbuffer"),
+    "int8 without calibration": (
+        ("export", "tiny.keras", "-o", "x.tflite", "--quantize", "int8"),
+        2,
+        "--calibration",
+    ),
+    "calibration of the wrong shape": (
+        ("export", "tiny.keras", "-o", "x.tflite", "--quantize", "int8", "--calibration", "wrong_shape.npy"),
+        1,
+        "wrong_shape.npy holds an array of shape (32, 5); the model takes inputs of shape (samples, 8, 8, 1)",
+    ),
+    "no sparsity": (("prune", "tiny.keras", "-o", "x.keras"), 2, "give --sparsity"),
+    "m-by-n against sparsity": (
+        ("prune", "tiny.keras", "--sparsity", "0.8", "--m-by-n", "2:4", "-o", "x.keras"),
+        2,
+        "does not match --m-by-n 2:4",
+    ),
+    "m-by-n with global scope": (
+        ("prune", "tiny.keras", "--m-by-n", "2:4", "--scope", "global", "-o", "x.keras"),
+        2,
+        "cannot be combined",
+    ),
+    "output of the wrong kind": (
+        ("prune", "tiny.keras", "--sparsity", "0.5", "-o", "x.h5"),
+        1,
+        "must end in .keras",
+    ),
+    "demo over its own files": (("demo", "--output-dir", "."), 1, "digits_dense.keras exists; pass --force"),
+    "unknown command": (("compress",), 2, "invalid choice: 'compress'"),
+}
+
+
+@pytest.mark.parametrize("case", IN_PROCESS_ERRORS)
+def test_more_bad_input_in_process(files, case, capfd, monkeypatch):
+    monkeypatch.chdir(files)
+    (files / "digits_dense.keras").write_bytes(b"an earlier demo's file")
+    args, expected_status, fragment = IN_PROCESS_ERRORS[case]
+    status, stdout, stderr = _main(capfd, *args)
+    assert status == expected_status
+    assert len(stderr) == 1 and re.match(r"tfsparse( \w+)?: error: ", stderr[0]), stderr
+    assert fragment in stderr[0] and stdout == ""
+    assert not (files / "x.tflite").exists() and not (files / "x.keras").exists()
+
+
+def test_outputs_are_written_atomically(tmp_path):
+    path = tmp_path / "model.keras"
+    path.write_bytes(b"the old model")
+
+    def fails_halfway(temporary):
+        with open(temporary, "wb") as file:
+            file.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        _files.write_atomically(str(path), fails_halfway)
+    assert path.read_bytes() == b"the old model" and os.listdir(tmp_path) == ["model.keras"]
+    _files.write_atomically(str(path), lambda temporary: open(temporary, "wb").write(b"new"))
+    assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["model.keras"]
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
