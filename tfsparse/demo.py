@@ -182,9 +182,14 @@ def _tflite_row(name: str, flatbuffer: bytes, model: keras.Model, x_test, y_test
         size_bytes=report.size_bytes,
         gzip_bytes=report.gzip_bytes,
         latency_ms=report.latency_ms,
-        note=""
-        if report.fully_delegated
-        else "XNNPack left to builtin kernels: " + ", ".join(report.undelegated_ops),
+        note=" ".join(
+            [note]
+            + (
+                []
+                if report.fully_delegated
+                else ["XNNPack left to builtin kernels:", *report.undelegated_ops]
+            )
+        ).strip(),
     )
 
 
