@@ -255,3 +255,91 @@ def test_saved_model_reloads_with_the_keras_outputs_and_refuses_to_overwrite(mod
     replaced = tf.saved_model.load(path)
     assert replaced.serve(tf.constant(models["mlp"][1][:2])).shape == (2, 4)
     assert sorted(os.listdir(tmp_path)) == ["serving"]
+
+
+def _densify_outputs(flatbuffer: bytes) -> dict[int, np.ndarray]:
+    """{sparse tensor index: the values LiteRT's DENSIFY kernel expands it to}."""
+    interpreter = Interpreter(
+        model_content=flatbuffer,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        experimental_preserve_all_tensors=True,
+    )
+    interpreter.allocate_tensors()
+    for detail in interpreter.get_input_details():
+        interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+    interpreter.invoke()
+    return {
+        int(node["inputs"][0]): interpreter.get_tensor(int(node["outputs"][0]))
+        for node in interpreter._get_ops_details()
+        if node["op_name"] == "DENSIFY"
+    }
+
+
+@pytest.fixture(scope="module")
+def block_pruned_mlp():
+    """An MLP pruned in 16x1 blocks: the converter lets FULLY_CONNECTED read those weights sparse."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(8)]
+    )
+    pruned = tfsparse.prune_low_magnitude(
+        model, pruning_schedule=tfsparse.ConstantSparsity(SPARSITY, 0), block_size=(16, 1)
+    )
+    mask_updates.prune_to(mask_updates.collect_wrappers(pruned), lambda wrapper: SPARSITY)
+    return pruned, np.random.default_rng(2).random((40, 64)).astype("float32")
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"], ids=str)
+def test_sparse_weights_expand_to_what_litert_densify_computes(models, block_pruned_mlp, quantize):
+    from tfsparse.export import _flatbuffer, tflite
+
+    for model, inputs in (models["cnn"], block_pruned_mlp):
+        flatbuffer = tflite._convert(tfsparse.strip_pruning(model), True, quantize, [inputs[:50]])
+        weights = _flatbuffer.sparse_weights(flatbuffer)
+        # Block-sparse weights read by their op directly: LiteRT expands them once given DENSIFY.
+        flatbuffer = _flatbuffer.through_densify(flatbuffer, weights)
+        expected = _densify_outputs(flatbuffer)
+        parsed = _flatbuffer._read(flatbuffer)
+        assert len(expected) == len(weights) >= 2
+        for tensor, values in expected.items():
+            ours = _flatbuffer.expanded(parsed, parsed.subgraphs[0].tensors[tensor])
+            np.testing.assert_array_equal(ours, values)
+            assert np.mean(ours == 0) >= SPARSITY - 0.05
+
+
+@pytest.mark.parametrize("quantize", QUANTIZE_MODES, ids=str)
+def test_block_sparse_weights_run_correctly_in_every_mode(block_pruned_mlp, quantize):
+    model, inputs = block_pruned_mlp
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sparse = export.to_tflite(model, sparse=True, quantize=quantize, representative_data=inputs)
+        dense = export.to_tflite(model, sparse=False, quantize=quantize, representative_data=inputs)
+    report = export.verify_tflite(sparse, model, inputs, runs=3)
+    assert report.runs_with_default_delegates and report.within_tolerance, str(report)
+    assert len(sparse) <= len(dense)
+    ops = _op_names(sparse)
+    if quantize in (None, "int8"):
+        # Read sparse by FULLY_CONNECTED itself, on LiteRT's builtin sparse kernels.
+        assert "DENSIFY" not in ops and len(sparse) < 0.6 * len(dense)
+        assert report.undelegated_ops == ("FULLY_CONNECTED", "FULLY_CONNECTED")
+    if quantize == "float16":
+        # Read sparse directly, LiteRT computes NaN; expanded by DENSIFY, XNNPack takes it all.
+        assert ops.count("DENSIFY") == 2 and report.fully_delegated
+
+
+def test_weight_the_converter_cannot_encode_falls_back_to_the_dense_file_with_a_warning():
+    # int8 Dense(4 -> 64): the converter gives the 64x4 weight 1x16 blocks, losing values.
+    keras.utils.set_random_seed(0)
+    model = _pruned(
+        keras.Sequential(
+            [keras.Input((4,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(8)]
+        )
+    )
+    inputs = np.random.default_rng(3).random((40, 4)).astype("float32")
+    with pytest.warns(
+        UserWarning, match=r"cannot hold FULLY_CONNECTED weight .*\(64x4 int8\).*returning the dense"
+    ):
+        flatbuffer = export.to_tflite(model, sparse=True, quantize="int8", representative_data=inputs)
+    assert "DENSIFY" not in _op_names(flatbuffer)
+    report = export.verify_tflite(flatbuffer, model, inputs, runs=3)
+    assert report.fully_delegated and report.within_tolerance

@@ -94,8 +94,8 @@ def node_details(interpreter: Interpreter) -> list[dict]:
     ]
 
 
-def undelegated_ops(delegated: Interpreter, model_nodes: int) -> list[str]:
-    """Op names of the model's nodes that no delegate partition took (see the module docstring).
+def undelegated_nodes(delegated: Interpreter, model_nodes: int) -> list[dict]:
+    """The model's nodes that no delegate partition took (see the module docstring).
 
     `model_nodes` is the node count of the same file without delegates: the nodes after it are the
     delegate partitions.
@@ -113,7 +113,7 @@ def undelegated_ops(delegated: Interpreter, model_nodes: int) -> list[str]:
                 continue
             covered.add(producer[tensor])
             pending.extend(own[producer[tensor]]["inputs"])
-    return [node["op_name"] for node in own if node["index"] not in covered]
+    return [node for node in own if node["index"] not in covered]
 
 
 def detect_quantization(interpreter: Interpreter) -> str | None:
@@ -301,7 +301,7 @@ def verify_tflite(tflite, keras_model: keras.Model, inputs, runs: int = 50) -> T
     error = None
     try:
         interpreter = open_interpreter(flatbuffer)
-        left_out = undelegated_ops(interpreter, model_nodes)
+        left_out = [node["op_name"] for node in undelegated_nodes(interpreter, model_nodes)]
     except RuntimeError as failure:
         error = str(failure)
         interpreter, left_out = builtin, [node["op_name"] for node in node_details(builtin)]

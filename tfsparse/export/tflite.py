@@ -1,24 +1,35 @@
 """`to_tflite`: a Keras model (pruned or not) to a TFLite file, checked in LiteRT before it is returned.
 
-Sparse weights and XNNPack (LiteRT 2.3), as measured on CNNs and MLPs pruned to 80%. With
-`Optimize.EXPERIMENTAL_SPARSITY` the converter stores each pruned weight compressed and adds a
-DENSIFY node that expands it when the interpreter is prepared; XNNPack takes those nodes into its
-own partition. float32 and float16 files with sparse weights are fully delegated. Files with int8
-weights are where it breaks: XNNPack claims an int8 node whose weight comes from DENSIFY, then fails
-to build it, and then the whole interpreter refuses to start under default settings ("failed to
-delegate FULLY_CONNECTED node #8 ... Node number 12 (TfLiteXNNPackDelegate) failed to prepare").
-In full-integer ("int8") files this hits FULLY_CONNECTED nodes, while sparse int8 CONV_2D and
-DEPTHWISE_CONV_2D weights run; in "dynamic" files it also hits some CONV_2D nodes and not others
-(it depends on the shape). The dense file of the same model runs. Options weighed: disabling
-the delegate is not "default settings"; converting dense whenever int8 is asked loses the sparse
-convolutions that do run; predicting the failing ops from a table would go stale with the next
-LiteRT. So `to_tflite` asks XNNPack itself: it prepares the file, reads the nodes XNNPack names
-in its error, stores exactly their weights dense again (`_flatbuffer.store_densely`: the DENSIFY
-node's output becomes a plain constant) and prepares again, until it runs. It warns with the
-weights it kept dense and the bytes that cost. Weights whose sparse encoding is not smaller than
-dense (small kernels: the indices cost more than the zeros saved) are stored dense first, silently.
-When no weight is left sparse the converter's own dense file is returned; if even that fails in
-the default delegates, `to_tflite` raises rather than return a file that does not run.
+What the TF 2.21 converter and LiteRT 2.3 do with sparse weights (measured on CNNs and MLPs pruned
+to 80-90%, dense, 16x1-block and 1x16-block; tests/test_export.py pins the cases down):
+
+- With `Optimize.EXPERIMENTAL_SPARSITY` most pruned weights are stored in TFLite's sparse format
+  and expanded by a DENSIFY node when the interpreter is prepared; XNNPack takes those nodes into
+  its partition. float32 and float16 files are then fully delegated.
+- The trap: in files with int8 weights, XNNPack claims some nodes whose weight comes from DENSIFY,
+  then fails to build them, and the whole interpreter refuses to start under default settings
+  ("failed to delegate FULLY_CONNECTED node #8; Node number 12 (TfLiteXNNPackDelegate) failed to
+  prepare"). In "int8" files it hits FULLY_CONNECTED (sparse int8 CONV_2D and DEPTHWISE_CONV_2D
+  weights run); in "dynamic" files also some CONV_2D nodes, depending on their shape. The dense
+  file runs. Disabling XNNPack is not "default settings"; converting dense whenever int8 is asked
+  loses the sparse convolutions that do run; a table of failing ops would go stale with the next
+  LiteRT. So `to_tflite` asks XNNPack: it prepares the file, stores dense exactly the weights of
+  the nodes XNNPack names in its error (`_flatbuffer.store_densely`: the DENSIFY node's output
+  becomes a plain constant), and prepares again until it runs; a warning lists those weights and
+  what they cost in bytes.
+- Some int8 FULLY_CONNECTED weights (block-sparse ones) are read sparse by the op itself (op
+  version 8, LiteRT's builtin sparse kernels; XNNPack does not take those nodes). They compute
+  correctly in float32 and int8 files, so they stay; in "dynamic" and "float16" files LiteRT
+  computes NaN from them, so the next candidate expands them through DENSIFY nodes instead
+  (`_flatbuffer.through_densify`). For a 4-input Dense layer the converter even gives the weight
+  1x16 blocks that cannot hold its rows, losing values: that file is wrong whatever is done to it.
+- Weights whose sparse encoding is not smaller than dense (small kernels: indices cost more than
+  the zeros save) are stored dense, silently.
+
+Every candidate is verified (prepared with default delegates, run, compared with Keras). If no
+sparse candidate passes, the converter's dense file is returned with a warning saying why; if even
+that fails, `to_tflite` raises rather than return a file that does not run. When no weight is
+left sparse, the converter's own dense file is returned.
 
 Files take one sample per invocation, with static shapes: a Keras 3 model converted with a free
 batch dimension keeps SHAPE, STRIDED_SLICE and PACK nodes around Flatten that XNNPack does not
@@ -44,6 +55,7 @@ from tfsparse.export._files import (
     plain_model,
     write_file_atomically,
 )
+from tfsparse.export._flatbuffer import SparseWeight
 from tfsparse.export._litert import TFLiteReport, verify_tflite
 
 QUANTIZE_MODES = (None, "dynamic", "float16", "int8")
@@ -57,14 +69,18 @@ _SIGNATURE_NAME = re.compile(r"[^A-Za-z0-9_.\-/]")
 @contextlib.contextmanager
 def _quiet():
     # Keras' export prints the endpoint's signature; the converter warns that int8 inputs have no
-    # statistics (expected: inputs and outputs stay float) and TensorFlow emits numpy 2 notes.
+    # statistics (expected: inputs and outputs stay float), its calibrator that it uses the old
+    # tf.lite.Interpreter, and TensorFlow emits numpy 2 notes.
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
         yield
 
 
-def _configure(converter, sparse: bool, quantize: str | None, calibration: list[np.ndarray]) -> None:
+def _configure(
+    converter, sparse: bool, quantize: str | None, calibration: list[np.ndarray], names: list[str]
+) -> None:
     import tensorflow as tf
 
     optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else []
@@ -76,8 +92,9 @@ def _configure(converter, sparse: bool, quantize: str | None, calibration: list[
     elif quantize == "int8":
 
         def samples():
+            # By signature input name: the file's inputs need not be in the model's order.
             for sample in range(len(calibration[0])):
-                yield [array[sample : sample + 1] for array in calibration]
+                yield {name: array[sample : sample + 1] for name, array in zip(names, calibration)}
 
         converter.representative_dataset = samples
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -100,7 +117,7 @@ def _convert(model: keras.Model, sparse: bool, quantize: str | None, calibration
             signature = [specs if len(specs) > 1 else specs[0]]
             model.export(folder, format="tf_saved_model", verbose=False, input_signature=signature)
             converter = tf.lite.TFLiteConverter.from_saved_model(folder)
-            _configure(converter, sparse, quantize, calibration)
+            _configure(converter, sparse, quantize, calibration, [spec.name for spec in specs])
             return converter.convert()
         except Exception as error:  # tracing and conversion raise many unrelated types
             raise RuntimeError(
@@ -109,85 +126,98 @@ def _convert(model: keras.Model, sparse: bool, quantize: str | None, calibration
             ) from error
 
 
-def _describe_weights(flatbuffer: bytes, densify: dict[int, int], chosen: list[int]) -> list[str]:
-    """Readable names of the sparse weights read by the chosen DENSIFY nodes, with their consumers."""
-    interpreter = _litert.open_interpreter(flatbuffer, default_delegates=False)
-    nodes = _litert.node_details(interpreter)
-    tensors = {detail["index"]: detail for detail in interpreter.get_tensor_details()}
-    described = []
-    for index in chosen:
-        consumer = nodes[densify[index]]["op_name"] if densify[index] >= 0 else "an op"
-        tensor = tensors.get(nodes[index]["inputs"][0])
-        if tensor is None:
-            described.append(f"a weight of {consumer}")
-            continue
-        shape = "x".join(str(d) for d in tensor["shape"])
-        name = tensor["name"].split(";")[0]  # the converter joins the names of fused ops with ';'
-        described.append(f"{consumer} weight '{name}' ({shape} {np.dtype(tensor['dtype']).name})")
-    return described
+def _without_failing_sparse_weights(flatbuffer: bytes) -> tuple[bytes, list[SparseWeight]]:
+    """The file with the sparse weights XNNPack fails to prepare stored dense, and those weights.
 
-
-def _delegable(flatbuffer: bytes) -> tuple[bytes, list[str]] | None:
-    """The file with weights stored dense where XNNPack fails on them sparse, and those weights.
-
-    None when the file fails in the default delegates even with every weight dense.
+    XNNPack names the nodes it failed on; only their weights are expanded, then it is asked again.
     """
-    kept_dense: list[str] = []
+    given_up: list[SparseWeight] = []
     error = _litert.delegate_error(flatbuffer)
     while error is not None:
-        nodes = _litert.node_details(_litert.open_interpreter(flatbuffer, default_delegates=False))
-        densify = _flatbuffer.densify_nodes(nodes)
-        if not densify:
-            return None
-        failed = set(_litert.failed_nodes(error))
-        chosen = [index for index, consumer in densify.items() if consumer in failed]
-        # Without a named node to blame, expand every sparse weight (the dense-encoding file).
-        chosen = chosen or list(densify)
-        kept_dense += _describe_weights(flatbuffer, densify, chosen)
+        weights = _flatbuffer.sparse_weights(flatbuffer)
+        if not weights:
+            break  # it fails for some other reason; verification will say so
+        named = set(_litert.failed_nodes(error))
+        # Without a named node to blame, expand every sparse weight.
+        chosen = [weight for weight in weights if weight.consumer in named] or weights
+        given_up += chosen
         flatbuffer = _flatbuffer.store_densely(flatbuffer, chosen)
         error = _litert.delegate_error(flatbuffer)
-    return flatbuffer, kept_dense
+    return flatbuffer, given_up
 
 
-def _sparse_where_it_runs(
-    model: keras.Model, converted: bytes, quantize: str | None, samples: list[np.ndarray]
-) -> bytes:
-    """The converted sparse file, with weights stored dense where sparse costs bytes or fails in XNNPack.
+def _sparse_candidates(converted: bytes):
+    """Sparse files to try, best first, each with the weights XNNPack made us store dense.
 
-    When no weight is left sparse, the converter's own dense file is returned (it is the smaller).
+    First the converter's file as it is (weights an op reads sparse itself, block-sparse
+    FULLY_CONNECTED at op version 8, run on LiteRT's builtin sparse kernels); then with those
+    weights expanded by DENSIFY nodes, which XNNPack can take (and which avoids the NaN outputs
+    LiteRT 2.3 computes from them in "dynamic" and "float16" files).
     """
-    if not _flatbuffer.sparse_weight_count(converted):
-        return converted  # nothing pruned enough for the converter to encode sparse
-    flatbuffer = _flatbuffer.store_densely(converted, _flatbuffer.densify_not_paying(converted))
-    fixed = _delegable(flatbuffer)
-    if fixed is None:
-        dense = _convert(model, False, quantize, samples)
+    weights = _flatbuffer.sparse_weights(converted)
+    # Weights whose sparse encoding is not smaller than dense only cost bytes.
+    base = _flatbuffer.store_densely(converted, [w for w in weights if w.dense_bytes <= w.sparse_bytes])
+    yield _without_failing_sparse_weights(base)
+    read_sparse = [weight for weight in _flatbuffer.sparse_weights(base) if weight.densify is None]
+    if read_sparse:
+        yield _without_failing_sparse_weights(_flatbuffer.through_densify(base, read_sparse))
+
+
+def _problem(report: TFLiteReport) -> str:
+    if not report.runs_with_default_delegates:
+        return f"fails in LiteRT's default delegates ({report.delegate_error})"
+    return (
+        f"differs from the Keras model by up to {report.max_abs_difference:.3g} "
+        f"(tolerance {report.tolerance:.3g})"
+    )
+
+
+def _best_sparse(model, converted: bytes, quantize, samples, verified) -> tuple[bytes, TFLiteReport]:
+    """The first sparse candidate that runs under the default delegates within the tolerance, or
+    else the dense file; warns with what was given up."""
+    weights = _flatbuffer.sparse_weights(converted)
+    if not weights:
+        return verified(converted)  # nothing pruned enough for the converter to encode sparse
+    broken = [weight for weight in weights if not weight.fits]
+    problem = (
+        "cannot hold " + "; ".join(weight.describe() for weight in broken) + " (the converter gave "
+        "it blocks wider than its rows, dropping values), so it computes wrong outputs"
+    )
+    for candidate, given_up in [] if broken else _sparse_candidates(converted):
+        candidate, report = verified(candidate)
+        if not _usable(report):
+            problem = _problem(report)
+            continue
+        left = len(_flatbuffer.sparse_weights(candidate))
+        if not left:
+            # No weight is left sparse: the converter's own dense file is the cleaner, smaller one.
+            dense, dense_report = verified(_convert(model, False, quantize, samples))
+            if _usable(dense_report):
+                candidate, report = dense, dense_report
+        if given_up:
+            kept = (
+                f"{left} other weights stay sparse"
+                if left
+                else "no weight stays sparse, so this is the dense encoding"
+            )
+            warnings.warn(
+                f"to_tflite: XNNPack (LiteRT's default delegate) fails to prepare these weights of "
+                f"model '{model.name}' sparse, so they are stored dense: "
+                + "; ".join(weight.describe() for weight in given_up)
+                + f". {kept}: {len(candidate):,} bytes (the converter's file with every weight "
+                f"sparse: {len(converted):,}).",
+                stacklevel=3,
+            )
+        return candidate, report
+
+    dense, dense_report = verified(_convert(model, False, quantize, samples))
+    if _usable(dense_report):
         warnings.warn(
-            f"to_tflite: the sparse encoding of model '{model.name}' fails in LiteRT's default "
-            "delegates even with its weights expanded; returning the dense encoding instead "
-            f"({len(dense):,} bytes instead of {len(converted):,}).",
+            f"to_tflite: the sparse encoding of model '{model.name}' {problem}; returning the dense "
+            f"encoding ({len(dense):,} bytes instead of {len(converted):,}).",
             stacklevel=3,
         )
-        return dense
-    fixed_flatbuffer, kept_dense = fixed
-    still_sparse = _flatbuffer.sparse_weight_count(fixed_flatbuffer)
-    if kept_dense:
-        left = (
-            f"{still_sparse} other weights stay sparse"
-            if still_sparse
-            else "no weight is left sparse, so the file is the dense encoding"
-        )
-        warnings.warn(
-            f"to_tflite: XNNPack (LiteRT's default delegate) cannot prepare these weights of model "
-            f"'{model.name}' in the sparse encoding, so they are stored dense: "
-            + "; ".join(kept_dense)
-            + f". {left} ({len(fixed_flatbuffer):,} bytes instead of {len(flatbuffer):,}).",
-            stacklevel=3,
-        )
-    if still_sparse:
-        return fixed_flatbuffer
-    dense = _convert(model, False, quantize, samples)
-    return dense if len(dense) <= len(fixed_flatbuffer) else fixed_flatbuffer
+    return dense, dense_report  # `_check_report` raises if even this one does not run
 
 
 def _check_arguments(sparse, quantize, representative_data) -> None:
@@ -224,9 +254,12 @@ def to_tflite(
     `1e-2 * peak` for "float16", `0.05 * peak` for "dynamic" and `0.15 * peak` for "int8".
     A file that fails to prepare with the default delegates or misses the tolerance is not returned.
 
-    With `sparse=True`, weights that XNNPack cannot prepare in the sparse encoding (int8
-    FULLY_CONNECTED weights with LiteRT 2.3) are stored dense and a warning names them; see the
-    module docstring. Inputs and outputs stay float32 in every mode.
+    With `sparse=True`, pruned weights are stored in TFLite's sparse encoding where that makes
+    the file smaller and runs: weights that XNNPack cannot prepare sparse (int8 FULLY_CONNECTED
+    weights with LiteRT 2.3) are stored dense with a warning naming them, and when the converter's
+    sparse file cannot be made to run correctly the dense one is returned, with a warning saying
+    why (see the module docstring). Inputs and outputs stay float32 in every mode; the file takes
+    one sample per invocation.
 
     Args:
         model: a Keras model, pruned or not, built from `keras.Input`s (or called once).
@@ -244,7 +277,8 @@ def to_tflite(
         The TFLite flatbuffer as bytes.
 
     Raises:
-        ValueError: bad arguments (an `OutputExistsError` for an existing `path`).
+        ValueError: bad arguments (an `OutputExistsError`, also a `FileExistsError`, for an
+            existing `path`).
         RuntimeError: the converter failed, or no encoding of the model runs in LiteRT's default
             delegates within the tolerance.
 
@@ -263,16 +297,24 @@ def to_tflite(
         samples = as_input_list(model, representative_data, "representative_data")
     else:
         samples = generated_inputs(model)
+    verify_inputs = [array[:_VERIFY_SAMPLES] for array in samples]
+
+    def verified(candidate: bytes) -> tuple[bytes, TFLiteReport]:
+        return candidate, verify_tflite(candidate, model, verify_inputs, runs=1)
 
     flatbuffer = _convert(model, bool(sparse), quantize, samples)
     if sparse:
-        flatbuffer = _sparse_where_it_runs(model, flatbuffer, quantize, samples)
-
-    report = verify_tflite(flatbuffer, model, [array[:_VERIFY_SAMPLES] for array in samples], runs=1)
+        flatbuffer, report = _best_sparse(model, flatbuffer, quantize, samples, verified)
+    else:
+        report = verified(flatbuffer)[1]
     _check_report(report, model.name)
     if path is not None:
         write_file_atomically(path, flatbuffer, overwrite)
     return flatbuffer
+
+
+def _usable(report: TFLiteReport) -> bool:
+    return report.runs_with_default_delegates and report.within_tolerance
 
 
 def _check_report(report: TFLiteReport, name: str) -> None:
