@@ -61,7 +61,7 @@ class DemoResult:
         headers.append("Latency")
         cells = []
         for row in self.rows:
-            latency = "-" if row.latency_ms is None else f"{row.latency_ms:.3f} ms"
+            latency = "-" if row.latency_ms is None else _duration(row.latency_ms)
             cells.append(
                 [
                     row.name,
@@ -80,6 +80,10 @@ class DemoResult:
 
 def _epochs(count: int) -> str:
     return f"{count} epoch" if count == 1 else f"{count} epochs"
+
+
+def _duration(milliseconds: float) -> str:
+    return f"{milliseconds * 1000:.1f} us" if milliseconds < 1 else f"{milliseconds:.2f} ms"
 
 
 def _kilobytes(size: int) -> str:
