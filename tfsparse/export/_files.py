@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -36,6 +37,14 @@ def plain_model(model) -> keras.Model:
             "Call it once on data, or build it from `keras.Input`s."
         )
     return strip_pruning(model) if collect_wrappers(model) else model
+
+
+_NOT_IN_SIGNATURE_NAMES = re.compile(r"[^A-Za-z0-9_.\-/]")
+
+
+def signature_name(name: str) -> str:
+    """`name` with the characters TensorFlow refuses in a signature's input names replaced by '_'."""
+    return _NOT_IN_SIGNATURE_NAMES.sub("_", name)
 
 
 def input_specs(model: keras.Model) -> list[tuple[tuple[int | None, ...], str]]:

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-from tfsparse.export._files import as_input_list, keras_outputs
+from tfsparse.export._files import as_input_list, keras_outputs, signature_name
 
 # Largest difference to the Keras model accepted per quantization, as a fraction of the largest
 # absolute Keras output on the same inputs. float32 differs by summation order only; float16
@@ -143,12 +143,12 @@ class _Runner:
             runner = interpreter.get_signature_runner(next(iter(signatures)))
             by_name_in = {name: d["index"] for name, d in runner.get_input_details().items()}
             by_name_out = {name: d["index"] for name, d in runner.get_output_details().items()}
-            self.input_indices = self._order(by_name_in, [t.name for t in keras_model.inputs])
+            self.input_indices = self._order(by_name_in, [signature_name(t.name) for t in keras_model.inputs])
             self.output_indices = self._order(by_name_out, list(getattr(keras_model, "output_names", [])))
         else:
             self.input_indices = [d["index"] for d in inputs]
             self.output_indices = [d["index"] for d in outputs]
-        self.input_types = {d["index"]: d for d in inputs}
+        self.input_details = {d["index"]: d for d in inputs}
 
     @staticmethod
     def _order(by_name: dict[str, int], keras_names: list[str]) -> list[int]:
@@ -165,7 +165,7 @@ class _Runner:
 
     def set_sample(self, inputs: list[np.ndarray], sample: int) -> None:
         for index, array in zip(self.input_indices, inputs):
-            detail = self.input_types[index]
+            detail = self.input_details[index]
             value = array[sample : sample + 1]
             if detail["dtype"] in (np.int8, np.uint8) and array.dtype.kind == "f":
                 scale, zero_point = detail["quantization"]

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import re
 import tempfile
 import warnings
 
@@ -53,6 +52,7 @@ from tfsparse.export._files import (
     check_output_path,
     generated_inputs,
     plain_model,
+    signature_name,
     write_file_atomically,
 )
 from tfsparse.export._flatbuffer import SparseWeight
@@ -62,8 +62,6 @@ QUANTIZE_MODES = (None, "dynamic", "float16", "int8")
 
 # Samples run through the file to compare it with Keras; calibration uses all of them.
 _VERIFY_SAMPLES = 32
-# Characters TensorFlow accepts in a signature's input names.
-_SIGNATURE_NAME = re.compile(r"[^A-Za-z0-9_.\-/]")
 
 
 @contextlib.contextmanager
@@ -109,7 +107,7 @@ def _convert(model: keras.Model, sparse: bool, quantize: str | None, calibration
     import tensorflow as tf
 
     specs = [
-        tf.TensorSpec((1, *tensor.shape[1:]), tensor.dtype, name=_SIGNATURE_NAME.sub("_", tensor.name))
+        tf.TensorSpec((1, *tensor.shape[1:]), tensor.dtype, name=signature_name(tensor.name))
         for tensor in model.inputs
     ]
     with tempfile.TemporaryDirectory(prefix="tfsparse-export-") as folder, _quiet():
