@@ -216,6 +216,15 @@ def test_bad_quantize_raises_value_error_naming_the_argument_and_allowed_values(
         export.to_tflite(models["mlp"][0], quantize=quantize)
 
 
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(2)
+
+    def call(self, inputs):
+        return self.dense(inputs)
+
+
 def test_bad_arguments_raise_value_errors_naming_them(models, tmp_path):
     model, inputs = models["mlp"]
     with pytest.raises(ValueError, match="`representative_data` is required"):
@@ -226,6 +235,8 @@ def test_bad_arguments_raise_value_errors_naming_them(models, tmp_path):
         export.to_tflite(model, quantize="int8", representative_data=inputs[:, :8])
     with pytest.raises(ValueError, match="`model` must be a Keras model"):
         export.to_tflite("model.keras")
+    with pytest.raises(ValueError, match="`model` must be a Sequential or functional model"):
+        export.to_tflite(_Subclassed())
     with pytest.raises(ValueError, match="`sparse` must be True or False"):
         export.to_tflite(model, sparse="yes")
     with pytest.raises(ValueError, match="does not exist"):

@@ -23,19 +23,25 @@ class OutputExistsError(FileExistsError, ValueError):
     """
 
 
-def plain_model(model) -> keras.Model:
-    """`model` as stock Keras layers: a pruned model is stripped, anything else is checked and kept."""
+def check_model(model, argument: str = "model") -> None:
+    """Refuses anything but a Keras model with known inputs, naming `argument`."""
     if not isinstance(model, keras.Model):
         raise ValueError(
-            "Argument `model` must be a Keras model (pruned or not). "
-            f"Received: model={model!r} of type {type(model).__name__}"
+            f"Argument `{argument}` must be a Keras model (pruned or not). "
+            f"Received: {argument}={model!r} of type {type(model).__name__}"
         )
-    if not model.built or not model.inputs:
-        # Subclassed models have no `inputs` until they are called on a Keras tensor.
+    if not getattr(model, "inputs", None):
+        # Subclassed models have no `inputs`, so the shapes to export for are unknown.
         raise ValueError(
-            f"Argument `model` must be a built model with known inputs; '{model.name}' has none. "
-            "Call it once on data, or build it from `keras.Input`s."
+            f"Argument `{argument}` must be a Sequential or functional model with known inputs; "
+            f"'{model.name}' ({type(model).__name__}) has none. Wrap it: "
+            "`inputs = keras.Input(shape); model = keras.Model(inputs, model(inputs))`."
         )
+
+
+def plain_model(model) -> keras.Model:
+    """`model` as stock Keras layers: a pruned model is stripped, anything else is checked and kept."""
+    check_model(model)
     return strip_pruning(model) if collect_wrappers(model) else model
 
 

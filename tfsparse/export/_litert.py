@@ -20,7 +20,7 @@ import keras
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-from tfsparse.export._files import as_input_list, keras_outputs, signature_name
+from tfsparse.export._files import as_input_list, check_model, keras_outputs, signature_name
 
 # Largest difference to the Keras model accepted per quantization, as a fraction of the largest
 # absolute Keras output on the same inputs. float32 differs by summation order only; float16
@@ -286,10 +286,7 @@ def verify_tflite(tflite, keras_model: keras.Model, inputs, runs: int = 50) -> T
     ```
     """
     flatbuffer = _read(tflite)
-    if not isinstance(keras_model, keras.Model):
-        raise ValueError(
-            f"Argument `keras_model` must be a Keras model. Received: {type(keras_model).__name__}"
-        )
+    check_model(keras_model, "keras_model")
     if not isinstance(runs, int) or runs < 1:
         raise ValueError(f"Argument `runs` must be a positive integer. Received: runs={runs!r}")
     inputs = as_input_list(keras_model, inputs, "inputs")
