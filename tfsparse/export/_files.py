@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import shutil
 import tempfile
 
 import keras
 import numpy as np
 
+from tfsparse._files import write_atomically
 from tfsparse.mask_updates import collect_wrappers
 from tfsparse.prune import strip_pruning
 
@@ -132,21 +132,14 @@ def check_output_path(path, overwrite: bool) -> str:
 def write_file_atomically(path: str, content: bytes, overwrite: bool) -> None:
     """Writes `content` to a temporary file beside `path`, then renames it: readers never see half a file."""
     check_output_path(path, overwrite)
-    folder = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    # os.open with mode 0o666 lets the umask set the permissions, as for any new file
-    # (tempfile.mkstemp would make it readable by its owner only).
-    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(handle, "wb") as file:
+
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as file:
             file.write(content)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+
+    write_atomically(path, write)
 
 
 def replace_with_folder(path: str, folder: str, overwrite: bool) -> None:
