@@ -16,6 +16,7 @@ import numpy as np
 
 from tfsparse import analysis
 from tfsparse._files import check_output_file, write_atomically
+from tfsparse.analysis.report import format_table
 from tfsparse.callbacks import UpdatePruningStep
 from tfsparse.prune import prune_low_magnitude, strip_pruning
 from tfsparse.schedules import PolynomialDecay
@@ -73,7 +74,7 @@ class DemoResult:
                     latency,
                 ]
             )
-        text = analysis.format_table(headers, cells, right=(1, 2, 3, 4, 5, 6))
+        text = format_table(headers, cells, right=(1, 2, 3, 4, 5, 6))
         notes = [f"{row.name}: {row.note}" for row in self.rows if row.note]
         return "\n".join([text, *notes])
 
