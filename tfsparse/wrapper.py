@@ -295,9 +295,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def set_masks(self, masks: Sequence[np.ndarray]) -> None:
         """Sets the masks and zeroes the masked weights, so that stored weights carry the mask."""
         for weight, mask_variable, mask in zip(self.pruned_weights, self.masks, masks):
-            mask = np.asarray(mask, dtype=np.float32)
-            mask_variable.assign(mask.astype(mask_variable.dtype))
-            weight.assign(ops.convert_to_numpy(weight.value) * mask.astype(weight.dtype))
+            mask_variable.assign(np.asarray(mask, dtype=mask_variable.dtype))
+            # Multiplied where the weight lives: no round trip of the weight through the host.
+            weight.assign(ops.multiply(weight.value, ops.cast(mask_variable.value, weight.dtype)))
 
     def get_weight_references(self) -> list[np.ndarray]:
         """The weights as they were when pruning began (criteria that score change); zeros before."""
