@@ -187,30 +187,12 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def build(self, input_shape=None):
         super().build(input_shape)
         self.pruned_weights = registry.prunable_weights(self.layer)
-        self.masks = [
-            self.add_weight(
-                name=f"{weight.name}_mask",
-                shape=weight.shape,
-                dtype=weight.dtype,
-                initializer="ones",
-                trainable=False,
-                aggregation="only_first_replica",
-            )
-            for weight in self.pruned_weights
-        ]
+        self.masks = self._companions("mask", "ones", self.pruned_weights)
         # Criteria that score change (movement) keep the weights as they were when pruning began.
         needs_reference = "reference" in criteria.get(self.criterion).inputs
-        self.weight_references = [
-            self.add_weight(
-                name=f"{weight.name}_reference",
-                shape=weight.shape,
-                dtype=weight.dtype,
-                initializer="zeros",
-                trainable=False,
-                aggregation="only_first_replica",
-            )
-            for weight in (self.pruned_weights if needs_reference else ())
-        ]
+        self.weight_references = self._companions(
+            "reference", "zeros", self.pruned_weights if needs_reference else ()
+        )
         self.pruning_step = self.add_weight(
             name="pruning_step",
             shape=(),
@@ -220,6 +202,20 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             aggregation="only_first_replica",
         )
         self.built = True
+
+    def _companions(self, suffix: str, initializer: str, weights) -> list:
+        """A non-trainable variable shaped like each of `weights`, saved with the model."""
+        return [
+            self.add_weight(
+                name=f"{weight.name}_{suffix}",
+                shape=weight.shape,
+                dtype=weight.dtype,
+                initializer=initializer,
+                trainable=False,
+                aggregation="only_first_replica",
+            )
+            for weight in weights
+        ]
 
     # -- training --------------------------------------------------------------------------------
 
