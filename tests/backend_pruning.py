@@ -68,6 +68,17 @@ def main():
         facts["missing_callback_error"] = ""
     except ValueError as error:
         facts["missing_callback_error"] = str(error)
+    # Gradient-based scores go through the one backend-specific module: same numbers everywhere.
+    from tfsparse import _gradients
+
+    scored = _model()
+    weight_rng = np.random.default_rng(1)  # backends draw different initial weights; numpy does not
+    for weight in scored.weights:
+        if weight.name == "kernel":
+            weight.assign(weight_rng.normal(scale=0.1, size=weight.shape).astype("float32"))
+    batches = [(x[:64], y[:64]), (x[64:128], y[64:128])]
+    gradients = _gradients.gradient_magnitudes(scored, [scored.layers[-1].kernel], batches, loss)
+    facts["gradient_sum"] = float(np.sum(gradients[0]))
     json.dump(facts, sys.stdout)
     print()
 

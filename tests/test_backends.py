@@ -9,6 +9,8 @@ import sys
 import pytest
 
 BACKENDS = ["tensorflow", "jax", "torch"]
+# |gradient| summed over the last kernel, from numpy-seeded weights (see backend_pruning.py).
+REFERENCE_GRADIENT_SUM = 0.7490473
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -28,3 +30,5 @@ def test_pruning_core_trains_saves_resumes_and_strips_on_the_backend(backend):
     assert facts["loaded_steps"] == [16, 16, 16]
     assert facts["resumed_steps"] == [24, 24, 24]
     assert "UpdatePruningStep" in facts["missing_callback_error"]
+    # Seeded weights and data, so every backend computes the same gradient magnitudes.
+    assert facts["gradient_sum"] == pytest.approx(REFERENCE_GRADIENT_SUM, rel=1e-3)
