@@ -38,8 +38,12 @@ def data(name, steps=STEPS):
     return x, y
 
 
-def compile_model(keras, model):
-    model.compile(keras.optimizers.SGD(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+def compile_model(keras, model, jit_compile=False):
+    model.compile(
+        keras.optimizers.SGD(0.01),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit_compile,
+    )
     return model
 
 

@@ -18,13 +18,15 @@ from _overhead_models import build, compile_model, data, time_alternating  # noq
 
 
 def main():
-    name, repeats = sys.argv[1], int(sys.argv[2])
+    name, repeats, jit_compile = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "jit"
     tf.random.set_seed(0)
     x, y = data(name)
-    dense = compile_model(keras, build(keras, name))
+    dense = compile_model(keras, build(keras, name), jit_compile)
     schedule = tfmot.sparsity.keras.PolynomialDecay(0.5, 0.9, begin_step=0, end_step=10_000, frequency=100)
     pruned = compile_model(
-        keras, tfmot.sparsity.keras.prune_low_magnitude(build(keras, name), pruning_schedule=schedule)
+        keras,
+        tfmot.sparsity.keras.prune_low_magnitude(build(keras, name), pruning_schedule=schedule),
+        jit_compile,
     )
     times = time_alternating(
         {"dense": (dense, []), "pruned": (pruned, [tfmot.sparsity.keras.UpdatePruningStep()])}, x, y, repeats

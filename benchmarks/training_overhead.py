@@ -26,22 +26,27 @@ from _overhead_models import build, compile_model, data, time_alternating  # noq
 import tfsparse  # noqa: E402
 
 
-def measure_tfsparse(name, repeats):
+def measure_tfsparse(name, repeats, jit_compile):
     keras.utils.set_random_seed(0)
     x, y = data(name)
-    dense = compile_model(keras, build(keras, name))
+    dense = compile_model(keras, build(keras, name), jit_compile)
     schedule = tfsparse.PolynomialDecay(0.5, 0.9, begin_step=0, end_step=10_000, frequency=100)
-    pruned = compile_model(keras, tfsparse.prune_low_magnitude(build(keras, name), pruning_schedule=schedule))
+    pruned = compile_model(
+        keras, tfsparse.prune_low_magnitude(build(keras, name), pruning_schedule=schedule), jit_compile
+    )
     return time_alternating(
         {"dense": (dense, []), "pruned": (pruned, [tfsparse.UpdatePruningStep()])}, x, y, repeats
     )
 
 
-def measure_tfmot(name, repeats):
+def measure_tfmot(name, repeats, jit_compile):
     script = os.path.join(os.path.dirname(__file__), "_tfmot_overhead.py")
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", KERAS_BACKEND="tensorflow")
     done = subprocess.run(
-        [sys.executable, script, name, str(repeats)], capture_output=True, text=True, env=env
+        [sys.executable, script, name, str(repeats), "jit" if jit_compile else "no-jit"],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if done.returncode != 0:
         raise RuntimeError(f"the tfmot run failed:\n{done.stderr[-2000:]}")
@@ -53,20 +58,22 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--models", nargs="+", default=["cnn", "mlp"], choices=["cnn", "mlp"])
     parser.add_argument("--no-tfmot", action="store_true", help="skip the tf-keras/tfmot columns")
+    parser.add_argument("--jit-compile", action="store_true", help="compile every model with XLA")
     args = parser.parse_args()
 
     header = f"{'model':<5} {'dense ms':>9} {'tfsparse ms':>12} {'ratio':>6}"
     if not args.no_tfmot:
         header += f" {'tf-keras ms':>12} {'tfmot ms':>9} {'ratio':>6}"
     print(
-        f"backend: {keras.backend.backend()}, batch 64, median seconds per step over {args.repeats} alternated runs"
+        f"backend: {keras.backend.backend()}, jit_compile={args.jit_compile}, batch 64, "
+        f"median seconds per step over {args.repeats} alternated runs"
     )
     print(header)
     for name in args.models:
-        ours = measure_tfsparse(name, args.repeats)
+        ours = measure_tfsparse(name, args.repeats, args.jit_compile)
         line = f"{name:<5} {ours['dense'] * 1e3:>9.2f} {ours['pruned'] * 1e3:>12.2f} {ours['pruned'] / ours['dense']:>5.2f}x"
         if not args.no_tfmot:
-            theirs = measure_tfmot(name, args.repeats)
+            theirs = measure_tfmot(name, args.repeats, args.jit_compile)
             line += (
                 f" {theirs['dense'] * 1e3:>12.2f} {theirs['pruned'] * 1e3:>9.2f}"
                 f" {theirs['pruned'] / theirs['dense']:>5.2f}x"
