@@ -38,6 +38,17 @@ def make_digits_cnn() -> keras.Model:
     return build_model()
 
 
+class SubclassedModel(keras.Model):
+    """A subclassed model: no graph of layers for clone_model or FLOP counting to follow."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(2)
+
+    def call(self, x):
+        return self.dense(x)
+
+
 def make_mlp(features=16, classes=4) -> keras.Sequential:
     return keras.Sequential(
         [

@@ -3,7 +3,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from conftest import make_cnn
+from conftest import SubclassedModel, make_cnn
 
 import tfsparse
 from tfsparse import analysis
@@ -110,15 +110,7 @@ def test_flops_need_fixed_shapes_and_a_graph():
     with pytest.raises(ValueError, match="fixed shapes"):
         analysis.count_flops(_single(L.Conv2D(2, 3), (None, None, 1)))
 
-    class Subclassed(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.dense = L.Dense(2)
-
-        def call(self, x):
-            return self.dense(x)
-
-    subclassed = Subclassed()
+    subclassed = SubclassedModel()
     subclassed(np.zeros((1, 3), "float32"))
     with pytest.raises(ValueError, match="never called"):
         analysis.count_flops(subclassed)

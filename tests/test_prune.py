@@ -1,7 +1,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import make_mlp
+from conftest import SubclassedModel, make_mlp
 
 import tfsparse
 from tfsparse import PruneLowMagnitude
@@ -213,16 +213,8 @@ def test_bad_arguments_and_inputs_are_refused_with_clear_messages(cnn):
     with pytest.raises(ValueError, match="already wrapped"):
         tfsparse.prune_low_magnitude(tfsparse.prune_low_magnitude(cnn))
 
-    class Subclassed(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.dense = L.Dense(2)
-
-        def call(self, x):
-            return self.dense(x)
-
     with pytest.raises(ValueError, match="subclassed.*inside its __init__"):
-        tfsparse.prune_low_magnitude(Subclassed())
+        tfsparse.prune_low_magnitude(SubclassedModel())
 
 
 def test_subclassed_model_with_wrapped_layers_trains_and_prunes(tabular):

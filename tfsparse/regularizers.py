@@ -15,6 +15,8 @@ import math
 import keras
 from keras import ops
 
+from tfsparse._config import config_repr
+
 GROUPS = ("rows", "columns", "filters")
 
 
@@ -143,8 +145,7 @@ class Regularizer(abc.ABC):
         return cls(**config)
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
-        return f"{type(self).__name__}({args})"
+        return config_repr(self)
 
 
 @keras.saving.register_keras_serializable(package="tfsparse")

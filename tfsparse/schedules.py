@@ -11,6 +11,8 @@ import abc
 import keras
 import numpy as np
 
+from tfsparse._config import config_repr
+
 
 def _check_steps(begin_step: int, end_step: int, frequency: int, allow_endless: bool) -> None:
     if begin_step < 0:
@@ -80,8 +82,7 @@ class PruningSchedule(abc.ABC):
         return type(self) is type(other) and self.get_config() == other.get_config()
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
-        return f"{type(self).__name__}({args})"
+        return config_repr(self)
 
 
 @keras.saving.register_keras_serializable(package="tfsparse")
