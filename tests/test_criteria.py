@@ -110,9 +110,11 @@ def _two_layer_scores(scale_small: float):
 
 def test_global_scope_prunes_a_quiet_layer_first_and_lamp_balances_it():
     plain = tfsparse.prune_low_magnitude(
-        _two_layer_scores(0.01), tfsparse.ConstantSparsity(0.5, 0), scope="global"
+        _two_layer_scores(0.01), tfsparse.ConstantSparsity(0.5, 0), scope="global", min_density=0.0
     )
-    mask_updates.update_masks(mask_updates.collect_wrappers(plain), 0)
+    quiet_name = mask_updates.collect_wrappers(plain)[0].name
+    with pytest.warns(UserWarning, match=f"Layer '{quiet_name}' has every weight"):
+        mask_updates.update_masks(mask_updates.collect_wrappers(plain), 0)
     quiet, loud = _masks(plain)
     assert (quiet == 0).mean() == 1.0 and (loud == 0).mean() == 0.0
     lamp = tfsparse.prune_low_magnitude(
@@ -204,3 +206,25 @@ def test_gradients_are_computed_only_at_mask_updates(name, expected_calls, tabul
         x, y, epochs=3, batch_size=32, verbose=0, callbacks=[step_callback]
     )  # 24 steps, updates at 0, 8, 16
     assert len(calls) == expected_calls
+
+
+def test_movement_masks_differ_from_magnitude_when_pruning_begins_after_training_starts(tabular):
+    # The first mask update comes at step 10: movement must count the ten steps before it.
+    x, y = tabular
+    masks = {}
+    for name in ("magnitude", "movement"):
+        keras.utils.set_random_seed(0)
+        model = make_mlp()
+        pruned = tfsparse.prune_low_magnitude(
+            model, pruning_schedule=tfsparse.ConstantSparsity(0.7, begin_step=10), criterion=name
+        )
+        pruned.compile(
+            keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
+        pruned.fit(
+            x, y, epochs=1, batch_size=16, verbose=0, shuffle=False, callbacks=[tfsparse.UpdatePruningStep()]
+        )
+        masks[name] = _masks(pruned)
+    for magnitude, movement in zip(masks["magnitude"], masks["movement"]):
+        assert (movement == 0).sum() == (magnitude == 0).sum() == round(0.7 * magnitude.size)
+        assert (movement != magnitude).mean() > 0.05

@@ -52,3 +52,33 @@ def test_collect_wrappers_finds_wrappers_in_nested_models_once():
     inputs = keras.Input((16,))
     outer = keras.Model(inputs, inner(inner(keras.layers.Dense(16)(inputs))[:, :1] * keras.ops.ones((1, 16))))
     assert len(mask_updates.collect_wrappers(outer)) == 3
+
+
+def test_global_scope_by_default_leaves_no_layer_empty_when_weight_scales_differ(tabular):
+    # The first layer's weights are 20 times larger: one plain threshold at 80% would take every
+    # weight of the other two layers, leaving a classifier that outputs its bias.
+    x, y = tabular
+    model = make_mlp()
+    kernel, bias = model.layers[0].get_weights()
+    model.layers[0].set_weights([kernel * 20.0, bias])
+    pruned = tfsparse.prune_low_magnitude(model, tfsparse.ConstantSparsity(0.8, 0), scope="global")
+    wrappers = mask_updates.collect_wrappers(pruned)
+    mask_updates.update_masks(wrappers, 0)
+    masks = [w.get_masks()[0] for w in wrappers]
+    assert sum(int((m == 0).sum()) for m in masks) == round(0.8 * sum(m.size for m in masks))
+    for mask in masks:
+        assert mask.mean() >= mask_updates.default_min_density(0.8) - 1e-6
+    outputs = keras.ops.convert_to_numpy(pruned(x[:32]))
+    assert np.std(outputs, axis=0).min() > 0  # the outputs still depend on the inputs
+
+
+def test_a_setting_that_empties_a_layer_is_warned_about_by_name():
+    model = make_mlp()
+    kernel, bias = model.layers[0].get_weights()
+    model.layers[0].set_weights([kernel * 20.0, bias])
+    pruned = tfsparse.prune_low_magnitude(
+        model, tfsparse.ConstantSparsity(0.8, 0), scope="global", min_density=0.0
+    )
+    wrappers = mask_updates.collect_wrappers(pruned)
+    with pytest.warns(UserWarning, match=f"Layer '{wrappers[1].name}' has every weight .* min_density"):
+        mask_updates.update_masks(wrappers, 0)

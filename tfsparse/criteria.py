@@ -3,7 +3,7 @@
 A criterion is a pure numpy function of a weight and, for some criteria, of inputs measured
 elsewhere: `gradient` (|gradient| summed over calibration batches, see `tfsparse.calibration`),
 `input_norm` (the L2 norm of each input feature of the layer, also from calibration data) or
-`reference` (the weight when pruning began, kept by the pruning wrapper). `mask_updates` gathers
+`reference` (the weight when the layer was wrapped for pruning, kept by the wrapper). `mask_updates` gathers
 the inputs each criterion declares and turns the scores into masks.
 """
 
@@ -55,12 +55,14 @@ def movement(weight: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
     Movement pruning (Sanh et al., 2020) scores a weight by `-sum_t g_t * w_t` over training; for
     small steps that sum is proportional to `(w**2 - w_ref**2) / 2`, which is what this returns.
-    Weights moving toward zero score below zero and are pruned first, whatever their size. With a
-    zero reference (before pruning began) the score is `w**2 / 2`: magnitude order.
+    Weights moving toward zero score below zero and are pruned first, whatever their size. The
+    reference is the weight when the layer was wrapped for pruning, so movement counts from before
+    the first mask update whatever the schedule's `begin_step`. When no weight has moved yet (masks
+    computed before any training step) the score is `w**2 / 2`: magnitude order.
 
     Args:
-        weight: the weight values now.
-        reference: the weight values when pruning began (zeros before that).
+        weight: the weight values now (pruned weights as zeros).
+        reference: the weight values when the layer was wrapped for pruning.
 
     Returns:
         Signed scores, same shape as `weight`.
@@ -69,9 +71,15 @@ def movement(weight: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
     ```python
     movement(np.array([0.5, 0.2]), reference=np.array([0.9, 0.1]))  # array([-0.28 ,  0.015])
+    movement(np.array([0.5, 0.2]), reference=np.array([0.5, 0.2]))  # array([0.125, 0.02 ])
     ```
     """
-    return 0.5 * (np.square(weight) - np.square(reference))
+    moved = 0.5 * (np.square(weight) - np.square(reference))
+    # Weights already pruned read as zeros and always differ from their reference; only the
+    # others tell whether training has moved anything yet.
+    if not np.any(moved[weight != 0]):
+        return 0.5 * np.square(weight)
+    return moved
 
 
 def wanda(weight: np.ndarray, input_norm: np.ndarray | None = None) -> np.ndarray:

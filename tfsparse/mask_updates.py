@@ -10,6 +10,7 @@ normalized scores, with a minimum density per layer), and writes masks and maske
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable
 
 import keras
@@ -118,10 +119,41 @@ def _scores(wrapper: PruneLowMagnitude, inputs: list[dict] | None = None) -> lis
 
 
 def _record_references(wrapper: PruneLowMagnitude) -> None:
-    # Movement is measured from the weights as they were at the first mask update.
+    # Wrappers take their reference when built; models saved before they did carry zeros, and
+    # count movement from their first mask update instead.
     references = wrapper.get_weight_references()
     if references and not any(np.any(r) for r in references):
         wrapper.set_weight_references(wrapper.get_pruned_weight_values())
+
+
+def default_min_density(sparsity: float) -> float:
+    """The share of each weight that scope "global" keeps when `min_density` is None.
+
+    Half the density the group keeps on average: layers whose scores are all low (small weights,
+    quiet inputs) still keep a working share, and the target stays reachable by the others.
+
+    Example:
+
+    ```python
+    default_min_density(0.9)  # 0.05
+    ```
+    """
+    return 0.5 * (1.0 - sparsity)
+
+
+def _warn_about_emptied(wrappers: list[PruneLowMagnitude]) -> None:
+    # A layer with every weight pruned outputs only its bias: the network behind it is cut off.
+    for wrapper in wrappers:
+        for weight, mask in zip(wrapper.pruned_weights, wrapper.get_masks()):
+            if mask.size and not np.any(mask):
+                warnings.warn(
+                    f"Layer '{wrapper.name}' has every weight of '{weight.name}' pruned (sparsity "
+                    f"{wrapper.pruning_schedule!r}, scope {wrapper.scope!r}, min_density="
+                    f"{wrapper.min_density}): it passes on only its bias. Keep some of it with "
+                    "`min_density` > 0 (None, the default, keeps half the average density) or a "
+                    "lower sparsity.",
+                    stacklevel=3,
+                )
 
 
 def layer_masks(wrapper: PruneLowMagnitude, scores: list[np.ndarray], sparsity: float) -> list[np.ndarray]:
@@ -141,7 +173,8 @@ def prune_to(wrappers: Iterable[PruneLowMagnitude], sparsity_of, calibration=Non
     """Recomputes masks now. `sparsity_of(wrapper)` gives each wrapper's sparsity, or None to skip.
 
     Wrappers with scope "global" that share a schedule are pruned together with one threshold,
-    each keeping at least its `min_density`. `calibration` (a `tfsparse.calibration.Calibration`)
+    each keeping at least its `min_density` (`default_min_density` when None). A warning names
+    every layer whose weights end up all pruned. `calibration` (a `tfsparse.calibration.Calibration`)
     measures gradients and input norms for criteria that need them ("taylor", "wanda").
 
     Example:
@@ -162,12 +195,16 @@ def prune_to(wrappers: Iterable[PruneLowMagnitude], sparsity_of, calibration=Non
     for group in global_groups.values():
         scores = [_scores(wrapper, inputs[id(wrapper)]) for wrapper, _ in group]
         flat_scores = [s for per_wrapper in scores for s in per_wrapper]
+        sparsity = group[0][1]
         min_density = [
-            wrapper.min_density for (wrapper, _), per_wrapper in zip(group, scores) for _ in per_wrapper
+            default_min_density(sparsity) if wrapper.min_density is None else wrapper.min_density
+            for (wrapper, _), per_wrapper in zip(group, scores)
+            for _ in per_wrapper
         ]
-        masks = iter(masking.global_masks(flat_scores, group[0][1], min_density=min_density))
+        masks = iter(masking.global_masks(flat_scores, sparsity, min_density=min_density))
         for (wrapper, _), per_wrapper in zip(group, scores):
             wrapper.set_masks([next(masks) for _ in per_wrapper])
+    _warn_about_emptied([wrapper for wrapper, _ in due])
     for wrapper, _ in due:
         _record_references(wrapper)
 

@@ -94,7 +94,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         score_normalization: None, or "lamp" to normalize scores per layer (LAMP) before the
             global threshold of scope "global"; needs a criterion with non-negative scores.
         min_density: with scope "global", the share of each pruned weight that is always kept,
-            in [0, 1].
+            in [0, 1]; None (the default) keeps half the group's average density, so that no
+            layer is emptied.
 
     Example:
 
@@ -115,7 +116,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         scope: str = "layer",
         regularizer: regularizers.Regularizer | None = None,
         score_normalization: str | None = None,
-        min_density: float = 0.0,
+        min_density: float | None = None,
         **kwargs,
     ):
         if not isinstance(layer, keras.layers.Layer):
@@ -163,7 +164,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 f"{criterion!r} gives signed ones. Use criterion 'magnitude', 'taylor' or 'wanda', "
                 "or score_normalization=None."
             )
-        if not 0.0 <= min_density <= 1.0:
+        if min_density is not None and not 0.0 <= min_density <= 1.0:
             raise ValueError(f"Argument `min_density` must be in [0, 1]. Received: min_density={min_density}")
         kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
         kwargs.setdefault("dtype", layer.dtype_policy)
@@ -176,7 +177,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self.scope = scope
         self.regularizer = regularizer
         self.score_normalization = score_normalization
-        self.min_density = float(min_density)
+        self.min_density = None if min_density is None else float(min_density)
         self._input_observer = None
         self.supports_masking = layer.supports_masking
         self._inner_accepts_training = accepts_argument(layer.call, "training")
@@ -193,6 +194,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self.weight_references = self._companions(
             "reference", "zeros", self.pruned_weights if needs_reference else ()
         )
+        for reference, weight in zip(self.weight_references, self.pruned_weights):
+            reference.assign(ops.copy(weight.value))  # movement counts from the weights as wrapped
         self.pruning_step = self.add_weight(
             name="pruning_step",
             shape=(),
