@@ -4,7 +4,7 @@ import pytest
 from conftest import make_mlp
 
 import tfsparse
-from tfsparse import mask_updates
+from tfsparse import mask_updates, masking
 
 
 def _loud_and_quiet_inputs():
@@ -98,3 +98,56 @@ def test_prune_by_threshold_to_a_sparsity_follows_the_scope():
         tfsparse.prune_by_threshold(pruned)
     with pytest.raises(ValueError, match="has no pruned layers"):
         tfsparse.prune_by_threshold(make_mlp(), threshold=0.1)
+
+
+def _two_dense_layers():
+    rng = np.random.default_rng(3)
+    model = keras.Sequential(
+        [keras.Input((16,)), keras.layers.Dense(24, activation="relu"), keras.layers.Dense(6)]
+    )
+    x = (rng.normal(size=(256, 16)) * rng.uniform(0.1, 5.0, size=16)).astype("float32")
+    return model, x
+
+
+def test_sequential_wanda_scores_each_layer_on_the_inputs_of_the_already_pruned_layers():
+    model, x = _two_dense_layers()
+    sequential = tfsparse.prune_oneshot(model, 0.6, x)
+    one_pass = tfsparse.prune_oneshot(model, 0.6, x, sequential=False)
+    (first, bias), (second, _) = (layer.get_weights() for layer in sequential.layers)
+    np.testing.assert_array_equal(first, one_pass.layers[0].get_weights()[0])
+    # The second layer's input norms come from the first layer as pruned.
+    norms = np.sqrt(np.sum(np.maximum(x @ first + bias, 0.0) ** 2, axis=0))
+    scores = np.abs(model.layers[1].get_weights()[0]) * norms[:, None]
+    expected = masking.sparsity_mask(scores, 0.6)
+    np.testing.assert_array_equal(second != 0, expected == 1)
+    assert np.any((one_pass.layers[1].get_weights()[0] != 0) != (expected == 1))
+
+
+def test_num_batches_calibrates_on_the_first_batches_of_an_endless_generator():
+    model, x = _two_dense_layers()
+
+    def endless():
+        while True:
+            for start in range(0, len(x), 32):
+                yield x[start : start + 32]
+
+    streamed = tfsparse.prune_oneshot(model, 0.6, endless(), num_batches=4)
+    from_arrays = tfsparse.prune_oneshot(model, 0.6, x[:128])
+    for a, b in zip(streamed.get_weights(), from_arrays.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(
+        tfsparse.prune_oneshot(model, 0.6, x).layers[1].get_weights()[0], streamed.layers[1].get_weights()[0]
+    )
+
+
+def test_an_endless_dataset_without_num_batches_is_refused():
+    import tensorflow as tf
+
+    model, x = _two_dense_layers()
+    dataset = tf.data.Dataset.from_tensor_slices(x).batch(32).repeat()
+    with pytest.raises(ValueError, match="num_batches"):
+        tfsparse.prune_oneshot(model, 0.6, dataset)
+    pruned = tfsparse.prune_oneshot(model, 0.6, dataset, num_batches=2)
+    assert (pruned.layers[0].get_weights()[0] == 0).mean() == pytest.approx(0.6, abs=0.01)
+    with pytest.raises(ValueError, match="num_batches=0"):
+        tfsparse.prune_oneshot(model, 0.6, x, num_batches=0)

@@ -7,13 +7,14 @@ L1 or group-lasso penalty has pushed weights toward zero, it prunes those that g
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Sequence
 
 import keras
 import numpy as np
 
 from tfsparse import criteria, mask_updates
-from tfsparse.calibration import Calibration
+from tfsparse.calibration import Calibration, _as_arrays
 from tfsparse.prune import prune_low_magnitude, strip_pruning
 from tfsparse.schedules import ConstantSparsity
 
@@ -27,6 +28,33 @@ def _sparsity_report(wrappers) -> dict[str, float]:
     return report
 
 
+def _first_batches(data, num_batches: int | None, batch_size: int):
+    """The calibration data, in a form read the same way for every layer: arrays (the first
+    `num_batches * batch_size` samples), or a list of the first `num_batches` batches."""
+    arrays = _as_arrays(data)
+    if arrays is not None and num_batches is not None:
+        end = num_batches * batch_size
+        return tuple(array[:end] for array in arrays if array is not None)
+    if arrays is not None or not isinstance(data, Iterable):
+        return data
+    if num_batches is None:
+        cardinality = getattr(data, "cardinality", None)
+        if callable(cardinality) and int(cardinality()) == -1:  # tf.data's INFINITE_CARDINALITY
+            raise ValueError(
+                "Argument `data` is an endless dataset; pass `num_batches=` (e.g. 8) to calibrate on "
+                "its first batches. Received: num_batches=None"
+            )
+        return list(data)
+    return list(itertools.islice(iter(data), num_batches))
+
+
+def _prune_sequentially(wrappers, sparsity: float, calibration) -> None:
+    # Each layer is scored on the inputs it gets once the layers before it are pruned, so that it
+    # keeps the weights that matter for the signal it will actually see (Sun et al., 2023, 5.).
+    for wrapper in wrappers:
+        mask_updates.prune_to([wrapper], lambda _: sparsity, calibration)
+
+
 def prune_oneshot(
     model: keras.Model,
     sparsity: float,
@@ -37,6 +65,8 @@ def prune_oneshot(
     strip: bool = True,
     batch_size: int = 32,
     loss=None,
+    num_batches: int | None = None,
+    sequential: bool = True,
     **kwargs,
 ) -> keras.Model:
     """Prunes a trained model once, scoring weights on calibration data; no retraining.
@@ -61,6 +91,13 @@ def prune_oneshot(
             masks), to fine-tune with `UpdatePruningStep` or inspect.
         batch_size: batch size when `data` are arrays.
         loss: the loss for "taylor"; defaults to the loss `model` was compiled with.
+        num_batches: how many batches of `data` to calibrate on; None uses all of it. Needed
+            for endless data (a repeated `tf.data.Dataset`, a generator): the first
+            `num_batches` batches are taken once and reused for every layer.
+        sequential: with "wanda" and scope "layer", prune the layers one after another, each
+            scored on the inputs it receives from the layers before it already pruned (the
+            sequential variant of Wanda); False scores every layer on the dense model's inputs
+            in one pass. Scope "global" always scores all layers at once (one threshold).
         **kwargs: further `PruneLowMagnitude` arguments (`block_size`, `score_normalization`,
             `min_density`).
 
@@ -71,6 +108,7 @@ def prune_oneshot(
 
     ```python
     small = tfsparse.prune_oneshot(model, 0.5, x_train[:256])
+    streamed = tfsparse.prune_oneshot(model, 0.5, dataset.repeat(), num_batches=8)
     two_four = tfsparse.prune_oneshot(model, 0.5, x_train[:256], sparsity_m_by_n=(2, 4))
     ```
     """
@@ -96,13 +134,25 @@ def prune_oneshot(
         scope=scope,
         **kwargs,
     )
+    if num_batches is not None and (not isinstance(num_batches, int) or num_batches < 1):
+        raise ValueError(
+            f"Argument `num_batches` must be a positive integer or None. Received: num_batches={num_batches}"
+        )
+    wrappers = mask_updates.collect_wrappers(pruned)
     calibration = None
     if data is not None:
         loss = loss if loss is not None else getattr(model, "loss", None)
-        calibration = Calibration(pruned, data, batches=None, batch_size=batch_size, loss=loss)
-    mask_updates.prune_to(
-        mask_updates.collect_wrappers(pruned), lambda wrapper: schedule_sparsity, calibration
-    )
+        calibration = Calibration(
+            pruned,
+            _first_batches(data, num_batches, batch_size),
+            batches=None,
+            batch_size=batch_size,
+            loss=loss,
+        )
+    if sequential and criterion == "wanda" and (scope == "layer" or sparsity_m_by_n is not None):
+        _prune_sequentially(wrappers, schedule_sparsity, calibration)
+    else:
+        mask_updates.prune_to(wrappers, lambda wrapper: schedule_sparsity, calibration)
     return strip_pruning(pruned) if strip else pruned
 
 
