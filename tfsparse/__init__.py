@@ -1,12 +1,14 @@
 """tfsparse: pruning and sparsity for Keras 3 models."""
 
 from tfsparse import analysis, criteria, export, regularizers
+from tfsparse.allocation import auto_sparsity
 from tfsparse.callbacks import PruningSummaries, UpdatePruningStep
 from tfsparse.finetune import finetune, prune_and_finetune
 from tfsparse.oneshot import prune_by_threshold, prune_oneshot
 from tfsparse.prune import prune_low_magnitude, strip_pruning
 from tfsparse.registry import PrunableLayer
 from tfsparse.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
+from tfsparse.sensitivity import SensitivityScan, sensitivity_scan
 from tfsparse.wrapper import PruneLowMagnitude
 
 __version__ = "0.1.0"
@@ -19,7 +21,9 @@ __all__ = [
     "PruningSchedule",
     "PruningSummaries",
     "UpdatePruningStep",
+    "SensitivityScan",
     "analysis",
+    "auto_sparsity",
     "criteria",
     "export",
     "finetune",
@@ -28,5 +32,6 @@ __all__ = [
     "prune_low_magnitude",
     "prune_oneshot",
     "regularizers",
+    "sensitivity_scan",
     "strip_pruning",
 ]

@@ -74,8 +74,15 @@ def _input_norm_for(wrapper: PruneLowMagnitude, norm: np.ndarray | None) -> list
     return [norm.reshape(shape)]
 
 
-def _criterion_inputs(wrappers: list[PruneLowMagnitude], calibration) -> dict[int, list[dict]]:
-    """For each wrapper, per pruned weight, the inputs its criterion takes besides the weight."""
+def criterion_inputs(wrappers: list[PruneLowMagnitude], calibration) -> dict[int, list[dict]]:
+    """For each wrapper (by id), per pruned weight, the inputs its criterion takes besides the weight.
+
+    Example:
+
+    ```python
+    inputs = criterion_inputs(wrappers, calibration)  # {id(wrapper): [{"gradient": ...}], ...}
+    ```
+    """
     needs = {id(w): criteria.get(w.criterion).inputs for w in wrappers}
     wanting_data = [w for w in wrappers if criteria.get(w.criterion).needs_calibration]
     if wanting_data and calibration is None:
@@ -104,7 +111,15 @@ def _criterion_inputs(wrappers: list[PruneLowMagnitude], calibration) -> dict[in
     return inputs
 
 
-def _scores(wrapper: PruneLowMagnitude, inputs: list[dict] | None = None) -> list[np.ndarray]:
+def layer_scores(wrapper: PruneLowMagnitude, inputs: list[dict] | None = None) -> list[np.ndarray]:
+    """The scores of a wrapper's pruned weights under its criterion; pruned weights score -inf.
+
+    Example:
+
+    ```python
+    scores = layer_scores(wrapper, criterion_inputs([wrapper], None)[id(wrapper)])
+    ```
+    """
     score = criteria.get(wrapper.criterion)
     inputs = inputs if inputs is not None else [{} for _ in wrapper.pruned_weights]
     scores = []
@@ -185,15 +200,15 @@ def prune_to(wrappers: Iterable[PruneLowMagnitude], sparsity_of, calibration=Non
     """
     due = [(wrapper, sparsity_of(wrapper)) for wrapper in wrappers]
     due = [(wrapper, sparsity) for wrapper, sparsity in due if sparsity is not None]
-    inputs = _criterion_inputs([wrapper for wrapper, _ in due], calibration)
+    inputs = criterion_inputs([wrapper for wrapper, _ in due], calibration)
     global_groups: dict[str, list[tuple[PruneLowMagnitude, float]]] = {}
     for wrapper, sparsity in due:
         if wrapper.scope == "global" and wrapper.sparsity_m_by_n is None:
             global_groups.setdefault(_schedule_key(wrapper), []).append((wrapper, sparsity))
         else:
-            wrapper.set_masks(layer_masks(wrapper, _scores(wrapper, inputs[id(wrapper)]), sparsity))
+            wrapper.set_masks(layer_masks(wrapper, layer_scores(wrapper, inputs[id(wrapper)]), sparsity))
     for group in global_groups.values():
-        scores = [_scores(wrapper, inputs[id(wrapper)]) for wrapper, _ in group]
+        scores = [layer_scores(wrapper, inputs[id(wrapper)]) for wrapper, _ in group]
         flat_scores = [s for per_wrapper in scores for s in per_wrapper]
         sparsity = group[0][1]
         min_density = [

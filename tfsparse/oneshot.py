@@ -48,16 +48,16 @@ def _first_batches(data, num_batches: int | None, batch_size: int):
     return list(itertools.islice(iter(data), num_batches))
 
 
-def _prune_sequentially(wrappers, sparsity: float, calibration) -> None:
+def _prune_sequentially(wrappers, sparsity_of, calibration) -> None:
     # Each layer is scored on the inputs it gets once the layers before it are pruned, so that it
     # keeps the weights that matter for the signal it will actually see (Sun et al., 2023, 5.).
     for wrapper in wrappers:
-        mask_updates.prune_to([wrapper], lambda _: sparsity, calibration)
+        mask_updates.prune_to([wrapper], sparsity_of, calibration)
 
 
 def prune_oneshot(
     model: keras.Model,
-    sparsity: float,
+    sparsity: float | dict[str, float],
     data=None,
     criterion: str = "wanda",
     sparsity_m_by_n: Sequence[int] | None = None,
@@ -79,7 +79,8 @@ def prune_oneshot(
     Args:
         model: a trained Sequential or functional model.
         sparsity: the fraction of each pruned weight to zero (of all of them with
-            `scope="global"`), in [0, 1). Ignored with `sparsity_m_by_n`.
+            `scope="global"`), in [0, 1). Ignored with `sparsity_m_by_n`. Or a dict
+            `{layer name: sparsity}` (from `tfsparse.auto_sparsity`): layers not named stay dense.
         data: calibration inputs: `x` or `(x, y)` arrays, or an iterable of batches. A few
             hundred samples are enough.
         criterion: "wanda", "taylor" or "magnitude".
@@ -110,6 +111,7 @@ def prune_oneshot(
     small = tfsparse.prune_oneshot(model, 0.5, x_train[:256])
     streamed = tfsparse.prune_oneshot(model, 0.5, dataset.repeat(), num_batches=8)
     two_four = tfsparse.prune_oneshot(model, 0.5, x_train[:256], sparsity_m_by_n=(2, 4))
+    chosen = tfsparse.prune_oneshot(model, tfsparse.auto_sparsity(model, (x_val, y_val), target=0.9))
     ```
     """
     scorer = criteria.get(criterion)
@@ -118,17 +120,23 @@ def prune_oneshot(
             f"Argument `criterion` of `prune_oneshot` must score weights from one model state: one of "
             f"['magnitude', 'taylor', 'wanda']. Received: criterion={criterion!r}"
         )
-    if sparsity_m_by_n is None and not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"Argument `sparsity` must be in [0, 1). Received: sparsity={sparsity}")
+    per_layer = dict(sparsity) if isinstance(sparsity, dict) else None
+    for name, value in (per_layer or {"": sparsity}).items():
+        if sparsity_m_by_n is None and not 0.0 <= value < 1.0:
+            where = f" of layer '{name}'" if name else ""
+            raise ValueError(f"Argument `sparsity`{where} must be in [0, 1). Received: sparsity={value}")
     if scorer.needs_calibration and data is None:
         raise ValueError(
             f"Argument `data` is needed by criterion {criterion!r}: pass calibration inputs (`x`, or "
             "`(x, y)` for 'taylor'). Received: data=None"
         )
-    schedule_sparsity = 0.5 if sparsity_m_by_n is not None else sparsity
+    if per_layer is not None:
+        schedule = {name: ConstantSparsity(value, 0) for name, value in per_layer.items()}
+    else:
+        schedule = ConstantSparsity(0.5 if sparsity_m_by_n is not None else sparsity, 0)
     pruned = prune_low_magnitude(
         model,
-        pruning_schedule=ConstantSparsity(schedule_sparsity, 0),
+        pruning_schedule=schedule,
         sparsity_m_by_n=sparsity_m_by_n,
         criterion=criterion,
         scope=scope,
@@ -149,10 +157,14 @@ def prune_oneshot(
             batch_size=batch_size,
             loss=loss,
         )
+
+    def sparsity_of(wrapper):
+        return wrapper.pruning_schedule(0)[1]
+
     if sequential and criterion == "wanda" and (scope == "layer" or sparsity_m_by_n is not None):
-        _prune_sequentially(wrappers, schedule_sparsity, calibration)
+        _prune_sequentially(wrappers, sparsity_of, calibration)
     else:
-        mask_updates.prune_to(wrappers, lambda wrapper: schedule_sparsity, calibration)
+        mask_updates.prune_to(wrappers, sparsity_of, calibration)
     return strip_pruning(pruned) if strip else pruned
 
 

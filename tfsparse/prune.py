@@ -64,7 +64,7 @@ def _clone(model: keras.Model, clone_layer) -> keras.Model:
 
 def prune_low_magnitude(
     to_prune,
-    pruning_schedule: PruningSchedule | None = None,
+    pruning_schedule: PruningSchedule | dict[str, PruningSchedule] | None = None,
     block_size: Sequence[int] = (1, 1),
     block_pooling_type: str = "AVG",
     sparsity_m_by_n: Sequence[int] | None = None,
@@ -79,7 +79,9 @@ def prune_low_magnitude(
     Args:
         to_prune: a layer, a list of layers, or a Sequential or functional model (nested models
             included). Models are copied with their weights; layers are wrapped as they are.
-        pruning_schedule: a `PruningSchedule`; defaults to `ConstantSparsity(0.5, 0)`.
+        pruning_schedule: a `PruningSchedule`; defaults to `ConstantSparsity(0.5, 0)`. Or a dict
+            `{layer name: PruningSchedule}` (e.g. from `tfsparse.auto_sparsity`): each named layer
+            gets its own schedule, layers not named are left unpruned.
         block_size: `(rows, cols)` of the blocks pruned together.
         block_pooling_type: "AVG" or "MAX", how a block's scores are pooled.
         sparsity_m_by_n: `(m, n)`, e.g. `(2, 4)`, to keep `m` of every `n` consecutive weights.
@@ -100,8 +102,15 @@ def prune_low_magnitude(
     """
     if pruning_schedule is None:
         pruning_schedule = ConstantSparsity(0.5, 0)
+    per_layer = dict(pruning_schedule) if isinstance(pruning_schedule, dict) else None
+    for name, schedule in (per_layer or {}).items():
+        if not isinstance(schedule, PruningSchedule):
+            raise ValueError(
+                f"Argument `pruning_schedule` must map layer names to `tfsparse.PruningSchedule`s such as "
+                f"`ConstantSparsity(0.8, 0)`. Received: {{{name!r}: {schedule!r}}}"
+            )
     parameters = dict(
-        pruning_schedule=pruning_schedule,
+        pruning_schedule=ConstantSparsity(0.5, 0) if per_layer is not None else pruning_schedule,
         block_size=block_size,
         block_pooling_type=block_pooling_type,
         sparsity_m_by_n=sparsity_m_by_n,
@@ -112,7 +121,14 @@ def prune_low_magnitude(
     PruneLowMagnitude(keras.layers.Dense(1, name="tfsparse_argument_check"), **parameters)
 
     def wrap(layer):
+        if per_layer is not None:
+            if layer.name not in per_layer:
+                return layer
+            named.add(layer.name)
+            return PruneLowMagnitude(layer, **{**parameters, "pruning_schedule": per_layer[layer.name]})
         return PruneLowMagnitude(layer, **parameters) if registry.is_prunable(layer) else layer
+
+    named: set[str] = set()
 
     if isinstance(to_prune, PruneLowMagnitude):
         raise ValueError(f"Layer '{to_prune.name}' is already wrapped for pruning; wrap it once.")
@@ -127,15 +143,29 @@ def prune_low_magnitude(
                 )
             return wrap(_copy_layer(layer))
 
-        return _clone(to_prune, clone_layer)
+        return _check_all_named(per_layer, named, _clone(to_prune, clone_layer))
     if isinstance(to_prune, (list, tuple)):
-        return [wrap(layer) for layer in to_prune]
+        return _check_all_named(per_layer, named, [wrap(layer) for layer in to_prune])
+    if isinstance(to_prune, keras.layers.Layer) and per_layer is not None:
+        return _check_all_named(per_layer, named, wrap(to_prune))
     if isinstance(to_prune, keras.layers.Layer):
         return PruneLowMagnitude(to_prune, **parameters)
     raise ValueError(
         "Argument `to_prune` must be a Keras layer, a list of layers, or a Sequential or functional "
         f"model. Received: to_prune={to_prune!r} of type {type(to_prune).__name__}"
     )
+
+
+def _check_all_named(per_layer: dict | None, named: set[str], result):
+    """`result`, once every layer named in a per-layer schedule dict was found (and prunable)."""
+    missing = sorted(set(per_layer or ()) - named)
+    if missing:
+        raise ValueError(
+            f"Argument `pruning_schedule` names layers that are not prunable layers of the model: "
+            f"{missing}. Name layers as in the model passed in (`[layer.name for layer in "
+            "model.layers]`), layers with weights to prune."
+        )
+    return result
 
 
 def _unwrap(layer: keras.layers.Layer) -> keras.layers.Layer:

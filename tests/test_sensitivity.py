@@ -1,0 +1,76 @@
+import keras
+import numpy as np
+import pytest
+
+import tfsparse
+from tfsparse import SensitivityScan
+
+
+@pytest.fixture(scope="module")
+def digits_scan(trained_digits_cnn):
+    model, validation, _ = trained_digits_cnn
+    return tfsparse.sensitivity_scan(model, validation, sparsities=(0.5, 0.9, 0.98), verbose=0)
+
+
+def _accuracy(model, data):
+    x, y = data
+    return float(np.mean(np.argmax(model.predict(x, verbose=0), axis=-1) == y))
+
+
+def test_scan_measures_each_layer_alone_as_one_shot_pruning_would(trained_digits_cnn, digits_scan):
+    model, validation, _ = trained_digits_cnn
+    names = [layer.name for layer in model.layers if layer.weights]
+    assert digits_scan.metric == "accuracy" and digits_scan.higher_is_better
+    assert list(digits_scan.results) == names
+    assert all(list(by) == [0.5, 0.9, 0.98] for by in digits_scan.results.values())
+    assert digits_scan.baseline == pytest.approx(_accuracy(model, validation))
+    for name in (names[0], names[-1]):
+        alone = tfsparse.prune_oneshot(model, {name: 0.9}, criterion="magnitude")
+        assert digits_scan.results[name][0.9] == pytest.approx(_accuracy(alone, validation))
+    assert digits_scan.sizes == {name: int(np.prod(model.get_layer(name).kernel.shape)) for name in names}
+    # Layers differ: the classifier loses more at 98% than the big dense layer does.
+    assert digits_scan.results[names[-1]][0.98] < digits_scan.results[names[2]][0.98] - 0.1
+    assert model.get_layer(names[2]).kernel.numpy().min() != 0  # the model is not changed
+
+
+def test_scan_prints_saves_loads_and_plots(digits_scan, tmp_path):
+    table = str(digits_scan)
+    assert "conv2d_1" in table and "90%" in table and f"{digits_scan.results['dense'][0.9]:.4f}" in table
+    path = str(tmp_path / "scan.json")
+    assert digits_scan.save(path) == path
+    loaded = SensitivityScan.load(path)
+    assert loaded == digits_scan
+    assert SensitivityScan.from_json(digits_scan.to_json()).results == digits_scan.results
+    with pytest.raises(ValueError, match="force=True"):
+        digits_scan.save(path)
+    png = digits_scan.plot(str(tmp_path / "scan.png"))
+    with open(png, "rb") as file:
+        assert file.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.json", "scan.png"]  # no temporary left
+    with pytest.raises(ValueError, match="not a sensitivity scan"):
+        SensitivityScan.from_json('{"metric": "accuracy"}')
+
+
+def test_scan_of_a_regression_model_uses_the_compiled_loss(tabular):
+    x, _ = tabular
+    target = x @ np.linspace(-1, 1, 16).astype("float32")[:, None]
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(0.05), "mse")
+    model.fit(x, target, epochs=5, batch_size=64, verbose=0)
+    scan = tfsparse.sensitivity_scan(model, (x, target), sparsities=(0.3, 0.9), verbose=0)
+    assert scan.metric == "loss" and not scan.higher_is_better
+    first = model.layers[0].name
+    assert scan.results[first][0.9] > scan.results[first][0.3] > scan.baseline * 0.999
+    assert scan.drops()[first][0.9] == pytest.approx(scan.results[first][0.9] - scan.baseline)
+
+
+def test_scan_refuses_bad_arguments(trained_digits_cnn):
+    model, validation, _ = trained_digits_cnn
+    with pytest.raises(ValueError, match="held-out arrays"):
+        tfsparse.sensitivity_scan(model, validation[0], verbose=0)
+    with pytest.raises(ValueError, match=r"sparsities=\(0.5, 1.0\)"):
+        tfsparse.sensitivity_scan(model, validation, sparsities=(0.5, 1.0), verbose=0)
+    with pytest.raises(ValueError, match="'nope'"):
+        tfsparse.sensitivity_scan(model, validation, layers=["nope"], verbose=0)
+    with pytest.raises(ValueError, match="criterion='movement'"):
+        tfsparse.sensitivity_scan(model, validation, criterion="movement", verbose=0)

@@ -1,0 +1,393 @@
+"""Sensitivity scan: how much a model's metric suffers when each layer alone is pruned.
+
+Every prunable layer is pruned one-shot to each of a few sparsities, one layer at a time and with no
+retraining, and the metric is measured on held-out data. The result, a `SensitivityScan`, says which
+layers can take high sparsity and which cannot; `tfsparse.auto_sparsity` turns it into per-layer
+sparsities. Masks are set on a pruned copy of the model and restored between measurements, so the
+model is compiled for prediction once and the model passed in is never changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Sequence
+
+import keras
+import numpy as np
+from keras import ops
+
+from tfsparse import _files, criteria, mask_updates
+from tfsparse.calibration import Calibration, resolve_loss
+from tfsparse.prune import prune_low_magnitude
+from tfsparse.schedules import ConstantSparsity
+
+DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
+
+
+@dataclasses.dataclass
+class SensitivityScan:
+    """The metric of a model with each layer alone pruned to each sparsity.
+
+    Attributes:
+        results: `{layer name: {sparsity: metric}}`, layer names as in the model passed to the
+            scan (not the pruning wrappers' names), sparsities in increasing order.
+        metric: the metric's name ("accuracy", "loss", or a callable's name).
+        baseline: the metric of the unpruned model on the same data.
+        higher_is_better: whether a larger metric is better (accuracy) or worse (loss).
+        sizes: `{layer name: number of prunable weights}`, to weigh layers by their size.
+        criterion: the criterion the layers were pruned with.
+
+    `print(scan)` shows a table; `scan.plot("scan.png")` draws one curve per layer;
+    `scan.save("scan.json")` and `SensitivityScan.load("scan.json")` keep it.
+
+    Example:
+
+    ```python
+    scan = tfsparse.sensitivity_scan(model, (x_val, y_val), sparsities=(0.5, 0.9))
+    print(scan)
+    scan.results["dense"][0.9]  # accuracy with only layer 'dense' at 90% sparsity
+    ```
+    """
+
+    results: dict[str, dict[float, float]]
+    metric: str
+    baseline: float
+    higher_is_better: bool = True
+    sizes: dict[str, int] = dataclasses.field(default_factory=dict)
+    criterion: str = "magnitude"
+
+    def drops(self) -> dict[str, dict[float, float]]:
+        """`{layer name: {sparsity: how much worse than the baseline}}`; positive is worse.
+
+        Example:
+
+        ```python
+        scan.drops()["dense"][0.9]  # 0.013: accuracy 1.3 points below the dense model
+        ```
+        """
+        sign = 1.0 if self.higher_is_better else -1.0
+        return {
+            name: {s: sign * (self.baseline - value) for s, value in by_sparsity.items()}
+            for name, by_sparsity in self.results.items()
+        }
+
+    def __str__(self) -> str:
+        sparsities = sorted({s for by_sparsity in self.results.values() for s in by_sparsity})
+        width = max([len("layer"), *(len(name) for name in self.results)])
+        header = f"{'layer':<{width}}  {'weights':>9}" + "".join(f"{f'{s:.0%}':>9}" for s in sparsities)
+        lines = [
+            f"Sensitivity scan: {self.metric} with one layer pruned ({self.criterion}, no retraining); "
+            f"unpruned: {self.baseline:.4f}",
+            header,
+            "-" * len(header),
+        ]
+        for name, by_sparsity in self.results.items():
+            cells = "".join(f"{by_sparsity[s]:>9.4f}" if s in by_sparsity else f"{'':>9}" for s in sparsities)
+            lines.append(f"{name:<{width}}  {self.sizes.get(name, 0):>9,}{cells}")
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        """The scan as JSON text (sparsities as string keys); `from_json` reads it back.
+
+        Example:
+
+        ```python
+        same = tfsparse.SensitivityScan.from_json(scan.to_json())
+        ```
+        """
+        content = dataclasses.asdict(self)
+        content["results"] = {
+            name: {repr(float(s)): float(v) for s, v in by_sparsity.items()}
+            for name, by_sparsity in self.results.items()
+        }
+        return json.dumps(content, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> SensitivityScan:
+        """A scan from the text `to_json` wrote.
+
+        Example:
+
+        ```python
+        scan = tfsparse.SensitivityScan.from_json(open("scan.json").read())
+        ```
+        """
+        try:
+            content = json.loads(text)
+            content["results"] = {
+                name: {float(s): float(v) for s, v in by_sparsity.items()}
+                for name, by_sparsity in content["results"].items()
+            }
+            return cls(**content)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(
+                f"The text is not a sensitivity scan written by `SensitivityScan.to_json` ({error})."
+            ) from None
+
+    def save(self, path: str, force: bool = False) -> str:
+        """Writes the scan as JSON to `path` atomically; an existing file is kept unless `force`.
+
+        Returns:
+            `path`.
+
+        Example:
+
+        ```python
+        scan.save("scan.json")
+        ```
+        """
+        _check_output(path, force, ".json")
+        text = self.to_json()
+
+        def write(temporary):
+            with open(temporary, "w", encoding="utf-8") as file:
+                file.write(text)
+
+        _files.write_atomically(path, write)
+        return path
+
+    @classmethod
+    def load(cls, path: str) -> SensitivityScan:
+        """Reads a scan that `save` wrote.
+
+        Example:
+
+        ```python
+        scan = tfsparse.SensitivityScan.load("scan.json")
+        ```
+        """
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"Argument `path` must be a JSON file written by `scan.save`. Received: path={path!r}"
+            )
+        with open(path, encoding="utf-8") as file:
+            return cls.from_json(file.read())
+
+    def plot(self, path: str, force: bool = False) -> str:
+        """Draws the metric against sparsity, one curve per layer, into a PNG file (atomically).
+
+        Needs matplotlib (`pip install matplotlib`).
+
+        Returns:
+            `path`.
+
+        Example:
+
+        ```python
+        scan.plot("sensitivity.png")
+        ```
+        """
+        _check_output(path, force, ".png")
+        try:
+            from matplotlib.figure import Figure
+        except ImportError:
+            raise ValueError(
+                "Plotting a sensitivity scan needs matplotlib: `pip install matplotlib`."
+            ) from None
+        figure = Figure(figsize=(7, 4.5))
+        axis = figure.subplots()
+        axis.axhline(self.baseline, color="black", linestyle="--", label="unpruned")
+        for name, by_sparsity in self.results.items():
+            sparsities = sorted(by_sparsity)
+            axis.plot([s * 100 for s in sparsities], [by_sparsity[s] for s in sparsities], "o-", label=name)
+        axis.set_xlabel("sparsity of the one pruned layer (%)")
+        axis.set_ylabel(self.metric)
+        axis.set_title(f"Sensitivity scan ({self.criterion}, no retraining)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, ncol=max(1, len(self.results) // 12))
+        figure.tight_layout()
+        _files.write_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=110))
+        return path
+
+
+def _check_output(path: str, force: bool, suffix: str) -> None:
+    if not str(path).lower().endswith(suffix):
+        raise ValueError(f"Argument `path` must end in {suffix}. Received: path={path!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"Argument `path` must be in an existing folder; {folder} does not exist.")
+    if os.path.lexists(path) and not force:
+        raise ValueError(f"{path} exists; pass `force=True` to replace it.")
+
+
+def check_data(data) -> tuple[np.ndarray, np.ndarray]:
+    if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(hasattr(d, "shape") for d in data)):
+        raise ValueError(
+            f"Argument `data` must be held-out arrays `(x, y)`. Received: data of type {type(data).__name__}"
+        )
+    x, y = data
+    if int(x.shape[0]) == 0 or int(x.shape[0]) != int(y.shape[0]):
+        raise ValueError(
+            "Argument `data` must hold as many labels as inputs, at least one. "
+            f"Received: {int(x.shape[0])} inputs and {int(y.shape[0])} labels."
+        )
+    return x, y
+
+
+def _is_classifier(model: keras.Model, y) -> bool:
+    # Several outputs per sample and labels that index them (integers, or one-hot rows).
+    outputs = model.outputs[0].shape if getattr(model, "outputs", None) else None
+    if outputs is None or len(outputs) != 2 or not outputs[-1] or outputs[-1] < 2:
+        return False
+    y = np.asarray(y)
+    sparse = y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)
+    return (sparse and np.all(np.equal(np.mod(y, 1), 0))) or (y.ndim == 2 and y.shape[1] == outputs[-1])
+
+
+def _accuracy(y_true, y_pred) -> float:
+    y_true = np.asarray(y_true)
+    labels = y_true.argmax(axis=-1) if y_true.ndim == 2 and y_true.shape[1] > 1 else y_true.reshape(-1)
+    return float(np.mean(np.argmax(y_pred, axis=-1) == labels))
+
+
+def resolve_metric(model: keras.Model, y, metric) -> tuple[str, Callable, bool]:
+    """`(name, metric_fn(y_true, y_pred) -> float, higher_is_better)` for a scan's `metric`.
+
+    None picks "accuracy" for a classifier (several outputs, integer or one-hot labels), else
+    "loss" (the loss `model` was compiled with). A callable is taken as higher-is-better.
+    """
+    if metric is None:
+        metric = "accuracy" if _is_classifier(model, y) else "loss"
+    if metric == "accuracy":
+        return "accuracy", _accuracy, True
+    if metric == "loss":
+        loss_fn = resolve_loss(model)
+        return (
+            "loss",
+            lambda y_true, y_pred: float(ops.convert_to_numpy(ops.mean(loss_fn(y_true, y_pred)))),
+            False,
+        )
+    if callable(metric):
+        return getattr(metric, "__name__", "metric"), lambda t, p: float(metric(t, p)), True
+    raise ValueError(
+        f"Argument `metric` must be 'accuracy', 'loss', a callable `metric(y_true, y_pred)` or None. "
+        f"Received: metric={metric!r}"
+    )
+
+
+def _check_sparsities(sparsities: Sequence[float]) -> tuple[float, ...]:
+    values = tuple(sorted({float(s) for s in sparsities}))
+    if not values or not all(0.0 < s < 1.0 for s in values):
+        raise ValueError(
+            f"Argument `sparsities` must be values in (0, 1), at least one. Received: sparsities={sparsities}"
+        )
+    return values
+
+
+class MaskedCopy:
+    """A pruned copy of a model whose masks are set directly, to measure many pruning choices.
+
+    Scores are computed once, on the unpruned model (with `data` for data criteria); setting
+    sparsities changes only the masks (the wrappers compute with weight * mask), so the compiled
+    prediction is reused for every choice and the weights stay dense.
+
+    Args:
+        model: the model to copy (not changed).
+        data: `(x, y)` arrays: predicted on, and the calibration data of "wanda" and "taylor".
+        criterion: "magnitude", "wanda" or "taylor".
+        batch_size: the batch size of predictions and calibration.
+
+    Example:
+
+    ```python
+    masked = MaskedCopy(model, (x_val, y_val))
+    masked.set_sparsities({"dense": 0.9})
+    predictions = masked.predict()
+    ```
+    """
+
+    def __init__(self, model: keras.Model, data, criterion: str = "magnitude", batch_size: int = 256):
+        scorer = criteria.get(criterion)
+        if scorer.signed:
+            raise ValueError(
+                "Argument `criterion` must score weights from one model state: one of "
+                f"['magnitude', 'taylor', 'wanda']. Received: criterion={criterion!r}"
+            )
+        self.x, y = data
+        self.batch_size = batch_size
+        self.model = prune_low_magnitude(
+            model, pruning_schedule=ConstantSparsity(0.5, 0), criterion=criterion
+        )
+        wrappers = [w for w in mask_updates.collect_wrappers(self.model) if w.built]
+        calibration = None
+        if scorer.needs_calibration:
+            loss = getattr(model, "loss", None)
+            calibration = Calibration(self.model, (self.x, y), batches=None, batch_size=batch_size, loss=loss)
+        inputs = mask_updates.criterion_inputs(wrappers, calibration)
+        self.wrappers = {w.layer.name: w for w in wrappers}
+        self._scores = {w.layer.name: mask_updates.layer_scores(w, inputs[id(w)]) for w in wrappers}
+
+    def set_sparsities(self, sparsities: dict[str, float]) -> None:
+        """Masks the named layers at their sparsities; every other layer goes back to dense."""
+        for name, wrapper in self.wrappers.items():
+            sparsity = sparsities.get(name, 0.0)
+            masks = mask_updates.layer_masks(wrapper, self._scores[name], sparsity) if sparsity else None
+            for index, variable in enumerate(wrapper.masks):
+                variable.assign(masks[index] if masks else ops.ones(variable.shape, dtype=variable.dtype))
+
+    def predict(self) -> np.ndarray:
+        """The copy's predictions on `x` under the current masks."""
+        return self.model.predict(self.x, batch_size=self.batch_size, verbose=0)
+
+
+def sensitivity_scan(
+    model: keras.Model,
+    data,
+    sparsities: Sequence[float] = DEFAULT_SPARSITIES,
+    metric=None,
+    criterion: str = "magnitude",
+    layers: Sequence[str] | None = None,
+    batch_size: int = 256,
+    verbose: int = 1,
+) -> SensitivityScan:
+    """Prunes each layer alone to each sparsity (one-shot) and measures the metric on held-out data.
+
+    Args:
+        model: a trained Sequential or functional model (not changed).
+        data: held-out arrays `(x, y)`; data criteria ("wanda", "taylor") also calibrate on them.
+        sparsities: the sparsities to try, each in (0, 1).
+        metric: "accuracy", "loss" (the compiled loss), a callable `metric(y_true, y_pred)` where
+            higher is better, or None: accuracy for classifiers, else the compiled loss.
+        criterion: how weights are scored: "magnitude", "wanda" or "taylor".
+        layers: names of the layers to scan; None scans every prunable layer.
+        batch_size: the batch size of the predictions.
+        verbose: 1 shows a Keras progress bar, 0 nothing.
+
+    Returns:
+        A `SensitivityScan`.
+
+    Example:
+
+    ```python
+    scan = tfsparse.sensitivity_scan(model, (x_val, y_val))
+    print(scan)
+    scan.plot("sensitivity.png")
+    ```
+    """
+    x, y = check_data(data)
+    sparsities = _check_sparsities(sparsities)
+    name, metric_fn, higher_is_better = resolve_metric(model, y, metric)
+    masked = MaskedCopy(model, (x, y), criterion, batch_size)
+    wrappers = masked.wrappers
+    if layers is not None:
+        unknown = sorted(set(layers) - set(wrappers))
+        if unknown:
+            raise ValueError(
+                f"Argument `layers` names layers that are not prunable layers of model '{model.name}': "
+                f"{unknown}. Prunable layers: {sorted(wrappers)}"
+            )
+        wrappers = {name: wrapper for name, wrapper in wrappers.items() if name in set(layers)}
+    baseline = metric_fn(y, masked.predict())
+    progress = keras.utils.Progbar(len(wrappers) * len(sparsities), verbose=verbose, unit_name="measurement")
+    results, sizes = {}, {}
+    for layer_name, wrapper in wrappers.items():
+        results[layer_name] = {}
+        sizes[layer_name] = int(sum(np.prod(w.shape) for w in wrapper.pruned_weights))
+        for sparsity in sparsities:
+            masked.set_sparsities({layer_name: sparsity})
+            results[layer_name][sparsity] = metric_fn(y, masked.predict())
+            progress.add(1)
+    masked.set_sparsities({})
+    return SensitivityScan(results, name, baseline, higher_is_better, sizes, criterion)
