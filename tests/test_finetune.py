@@ -62,3 +62,25 @@ def test_prune_and_finetune_keeps_the_accuracy_of_digits_at_90_percent(digits_al
     assert sum(int((k == 0).sum()) for k in kernels) == round(0.9 * sum(k.size for k in kernels))
     _compiled(pruned)
     assert pruned.evaluate(x_test, y_test, verbose=0)[1] >= dense_accuracy - 0.03
+
+
+def test_finetune_with_a_teacher_pulls_the_pruned_model_toward_the_teacher(tabular):
+    from tfsparse.distill import distillation_loss
+
+    x, y = tabular
+    dense = _compiled(make_mlp())
+    dense.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    pruned = _compiled(tfsparse.prune_low_magnitude(dense, tfsparse.ConstantSparsity(0.8, 0, end_step=0)))
+    pruned.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[tfsparse.UpdatePruningStep()])
+    masks = [w.get_masks()[0] for w in mask_updates.collect_wrappers(pruned)]
+
+    def gap():
+        return float(distillation_loss(dense.predict(x, verbose=0), pruned.predict(x, verbose=0), 2.0))
+
+    before = gap()
+    tfsparse.finetune(
+        pruned, x, y, epochs=3, batch_size=32, verbose=0, teacher=dense, temperature=2.0, alpha=1.0
+    )
+    assert gap() < 0.5 * before
+    for wrapper, mask in zip(mask_updates.collect_wrappers(pruned), masks):
+        np.testing.assert_array_equal(wrapper.get_masks()[0], mask)

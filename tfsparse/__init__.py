@@ -3,6 +3,7 @@
 from tfsparse import analysis, criteria, export, regularizers
 from tfsparse.allocation import auto_sparsity
 from tfsparse.callbacks import PruningSummaries, UpdatePruningStep
+from tfsparse.distill import Distiller
 from tfsparse.finetune import finetune, prune_and_finetune
 from tfsparse.oneshot import prune_by_threshold, prune_oneshot
 from tfsparse.prune import prune_low_magnitude, strip_pruning
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConstantSparsity",
+    "Distiller",
     "PolynomialDecay",
     "PrunableLayer",
     "PruneLowMagnitude",

@@ -14,6 +14,7 @@ import keras
 
 from tfsparse import criteria, mask_updates
 from tfsparse.callbacks import UpdatePruningStep
+from tfsparse.distill import Distiller
 from tfsparse.prune import prune_low_magnitude, strip_pruning
 from tfsparse.schedules import ConstantSparsity, PolynomialDecay
 
@@ -63,6 +64,9 @@ def finetune(
     final_learning_rate: float = 0.0,
     batch_size: int | None = None,
     callbacks: list | None = None,
+    teacher: keras.Model | None = None,
+    temperature: float = 4.0,
+    alpha: float = 0.5,
     **fit_kwargs,
 ) -> keras.callbacks.History:
     """Trains a pruned model at fixed masks, the learning rate decaying along a cosine.
@@ -70,7 +74,9 @@ def finetune(
     The model is recompiled with its own loss and metrics and a fresh optimizer of the same kind,
     whose learning rate goes from `learning_rate` to `final_learning_rate` over the fine-tuning
     steps. Masks must stay fixed: every layer's schedule must have ended (a `ValueError` says which
-    one has not). `UpdatePruningStep` is added to `callbacks` if missing.
+    one has not). `UpdatePruningStep` is added to `callbacks` if missing. With a `teacher` (the
+    dense model, typically), the model learns from the teacher's softened outputs as well as the
+    labels (`tfsparse.Distiller`).
 
     Args:
         model: a compiled model from `prune_low_magnitude`, pruned to its final masks.
@@ -81,6 +87,9 @@ def finetune(
         final_learning_rate: the learning rate at the last step.
         batch_size: as for `model.fit`.
         callbacks: further callbacks.
+        teacher: a model to distill from, or None to train on the labels alone.
+        temperature: the distillation temperature (with `teacher`).
+        alpha: the weight of the distillation loss, `1 - alpha` that of the labels' loss.
         **fit_kwargs: further `model.fit` arguments (`validation_data`, `verbose`, ...).
 
     Returns:
@@ -91,6 +100,7 @@ def finetune(
     ```python
     pruned.fit(x, y, epochs=10, callbacks=[tfsparse.UpdatePruningStep()])  # schedule ends in here
     tfsparse.finetune(pruned, x, y, epochs=5)
+    tfsparse.finetune(pruned, x, y, epochs=5, teacher=dense_model, temperature=2.0, alpha=0.5)
     final = tfsparse.strip_pruning(pruned)
     ```
     """
@@ -120,11 +130,21 @@ def finetune(
     optimizer_config = {**model.optimizer.get_config(), "learning_rate": decay}
     compile_arguments = keras.saving.deserialize_keras_object(model.get_compile_config())
     compile_arguments["optimizer"] = type(model.optimizer).from_config(optimizer_config)
-    model.compile(**compile_arguments)
+    trainer = _trainer(model, teacher, temperature, alpha)
+    trainer.compile(**compile_arguments)
     callbacks = list(callbacks or [])
     if not any(isinstance(c, UpdatePruningStep) for c in callbacks):
         callbacks.append(UpdatePruningStep())
-    return model.fit(x, y, epochs=epochs, batch_size=batch_size, callbacks=callbacks, **fit_kwargs)
+    return trainer.fit(x, y, epochs=epochs, batch_size=batch_size, callbacks=callbacks, **fit_kwargs)
+
+
+def _trainer(
+    model: keras.Model, teacher: keras.Model | None, temperature: float, alpha: float
+) -> keras.Model:
+    """The model to fit: `model` itself, or a `Distiller` around it when there is a teacher."""
+    if teacher is None:
+        return model
+    return Distiller(student=model, teacher=teacher, temperature=temperature, alpha=alpha)
 
 
 def prune_and_finetune(
@@ -132,7 +152,7 @@ def prune_and_finetune(
     x,
     y=None,
     *,
-    sparsity: float,
+    sparsity: float | dict[str, float],
     pruning_epochs: int,
     finetune_epochs: int,
     batch_size: int = 32,
@@ -141,6 +161,9 @@ def prune_and_finetune(
     calibration_batches: int = 4,
     strip: bool = False,
     fit_kwargs: dict | None = None,
+    teacher: keras.Model | None = None,
+    temperature: float = 4.0,
+    alpha: float = 0.5,
     **prune_kwargs,
 ) -> keras.Model:
     """Prunes a trained model gradually while retraining it, then fine-tunes at fixed masks.
@@ -154,7 +177,8 @@ def prune_and_finetune(
     Args:
         model: a trained, compiled dense model; it is copied, not changed.
         x, y: training arrays.
-        sparsity: the final sparsity, in [0, 1).
+        sparsity: the final sparsity, in [0, 1); or `{layer name: sparsity}` (from
+            `tfsparse.auto_sparsity`), each named layer pruned to its own, the others not at all.
         pruning_epochs: epochs over which sparsity rises from 0 to `sparsity`.
         finetune_epochs: epochs of fine-tuning at the final masks (0 to skip).
         batch_size: training batch size.
@@ -163,6 +187,9 @@ def prune_and_finetune(
         calibration_batches: batches drawn per mask update for "taylor" and "wanda".
         strip: return the plain model (`strip_pruning`) instead of the pruned one.
         fit_kwargs: further `fit` arguments for both phases (`verbose`, `validation_data`, ...).
+        teacher: a model to distill from in both phases (e.g. `model` itself), or None.
+        temperature: the distillation temperature (with `teacher`).
+        alpha: the weight of the distillation loss (with `teacher`).
         **prune_kwargs: `prune_low_magnitude` arguments: `criterion`, `scope`, `regularizer`,
             `score_normalization`, `min_density`, `block_size`, `sparsity_m_by_n`.
 
@@ -180,8 +207,10 @@ def prune_and_finetune(
         raise ValueError(
             f"Model '{model.name}' must be compiled: its optimizer, loss and metrics are reused."
         )
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"Argument `sparsity` must be in [0, 1). Received: sparsity={sparsity}")
+    for name, value in (sparsity if isinstance(sparsity, dict) else {"": sparsity}).items():
+        if not 0.0 <= value < 1.0:
+            where = f" of layer '{name}'" if name else ""
+            raise ValueError(f"Argument `sparsity`{where} must be in [0, 1). Received: sparsity={value}")
     if not isinstance(pruning_epochs, int) or pruning_epochs < 1:
         raise ValueError(
             f"Argument `pruning_epochs` must be a positive integer. Received: pruning_epochs={pruning_epochs}"
@@ -195,19 +224,28 @@ def prune_and_finetune(
     frequency = pruning_frequency or max(1, pruning_steps // 20)
     # The last mask update falls inside the pruning phase, so that fine-tuning starts at `sparsity`.
     end_step = (pruning_steps - 1) // frequency * frequency
-    if end_step > 0:
-        schedule = PolynomialDecay(0.0, sparsity, begin_step=0, end_step=end_step, frequency=frequency)
+
+    def schedule_to(final: float):
+        if end_step > 0:
+            return PolynomialDecay(0.0, final, begin_step=0, end_step=end_step, frequency=frequency)
+        return ConstantSparsity(final, begin_step=0, end_step=0, frequency=frequency)
+
+    if isinstance(sparsity, dict):
+        schedule = {name: schedule_to(value) for name, value in sparsity.items() if value > 0}
     else:
-        schedule = ConstantSparsity(sparsity, begin_step=0, end_step=0, frequency=frequency)
+        schedule = schedule_to(sparsity)
     pruned = prune_low_magnitude(model, pruning_schedule=schedule, **prune_kwargs)
     pruned.compile(**keras.saving.deserialize_keras_object(model.get_compile_config()))
+    trainer = _trainer(pruned, teacher, temperature, alpha)
+    if trainer is not pruned:
+        trainer.compile(**keras.saving.deserialize_keras_object(model.get_compile_config()))
     needs_data = criteria.get(prune_kwargs.get("criterion", "magnitude")).needs_calibration
     step_callback = UpdatePruningStep(
         calibration_data=(x, y) if needs_data else None,
         calibration_batches=calibration_batches,
         batch_size=batch_size,
     )
-    pruned.fit(x, y, epochs=pruning_epochs, batch_size=batch_size, callbacks=[step_callback], **fit_kwargs)
+    trainer.fit(x, y, epochs=pruning_epochs, batch_size=batch_size, callbacks=[step_callback], **fit_kwargs)
     if finetune_epochs:
         finetune(
             pruned,
@@ -217,6 +255,9 @@ def prune_and_finetune(
             learning_rate=learning_rate,
             batch_size=batch_size,
             callbacks=[UpdatePruningStep()],
+            teacher=teacher,
+            temperature=temperature,
+            alpha=alpha,
             **fit_kwargs,
         )
     return strip_pruning(pruned) if strip else pruned
