@@ -10,11 +10,33 @@ import numpy as np
 
 BATCH_SIZE = 64
 LEARNING_RATE = 2e-3
-TASKS = ("digits", "signal")
+TASKS = ("digits", "signal", "noisy")
+VALIDATION_SHARE = 0.2
 
 
 def data(task):
-    """`(x_train, y_train), (x_test, y_test)`, deterministic."""
+    """`(x_train, y_train), (x_test, y_test)`, deterministic; the validation split is held out of both."""
+    (x, y), test = _all_data(task)
+    keep = len(x) - int(VALIDATION_SHARE * len(x))
+    return (x[:keep], y[:keep]), test
+
+
+def validation(task):
+    """`(x_val, y_val)`: the last share of the training data, never trained on, for choosing settings."""
+    (x, y), _ = _all_data(task)
+    keep = len(x) - int(VALIDATION_SHARE * len(x))
+    return x[keep:], y[keep:]
+
+
+def _all_data(task):
+    if task == "noisy":
+        # The digits behind heavy input noise, a fixed draw per image: a harder task where the
+        # model needs all its layers and high sparsity hurts sooner.
+        (x, y), (x_test, y_test) = _all_data("digits")
+        rng = np.random.default_rng(1)
+        x = (x + rng.normal(scale=0.45, size=x.shape)).astype("float32")
+        x_test = (x_test + rng.normal(scale=0.45, size=x_test.shape)).astype("float32")
+        return (x, y), (x_test, y_test)
     if task == "digits":
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
@@ -39,7 +61,7 @@ def data(task):
 
 def build(keras, task):
     layers = keras.layers
-    if task == "digits":
+    if task in ("digits", "noisy"):
         inputs = keras.Input((8, 8, 1))
         x = layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
         x = layers.Conv2D(32, 3, padding="same", activation="relu")(x)
