@@ -213,6 +213,7 @@ def _check_output(path: str, force: bool, suffix: str) -> None:
 
 
 def check_data(data) -> tuple[np.ndarray, np.ndarray]:
+    """`(x, y)` from held-out `data`, or a `ValueError` saying what the scan needs."""
     if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(hasattr(d, "shape") for d in data)):
         raise ValueError(
             f"Argument `data` must be held-out arrays `(x, y)`. Received: data of type {type(data).__name__}"
