@@ -1,6 +1,6 @@
 """The page `html_report` fills in: styles and script inline, data in a JSON script element.
 
-`__TITLE__` is replaced by the escaped title and `__DATA__` by the report's JSON (with "</" escaped).
+`__TITLE__` is replaced by the escaped title and `__DATA__` by the report's JSON (with "<" escaped).
 The script builds every table and chart from that JSON; the URL fragment (`#target=0.8&rule=global`)
 sets the slider when the page opens, and the slider writes it back.
 """

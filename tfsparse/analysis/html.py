@@ -12,6 +12,7 @@ import html
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping
 
 import keras
@@ -187,7 +188,9 @@ def _flops(model: keras.Model) -> tuple[dict, dict, dict] | None:
     for _, layer, _ in _layers(zeroed):
         for variable in _prunable(layer):
             variable.assign(ops.zeros(variable.shape, variable.dtype))
-    fixed = flops_by_layer(zeroed, sparse=True)
+    with warnings.catch_warnings():  # layers it does not know were reported by the first count
+        warnings.simplefilter("ignore")
+        fixed = flops_by_layer(zeroed, sparse=True)
     return dense, sparse, fixed
 
 
@@ -218,6 +221,9 @@ def _keras_data(model: keras.Model, source: str) -> dict:
             entry.update(
                 flops=dense.get(name, 0), flops_sparse=sparse.get(name, 0), flops_fixed=fixed.get(name, 0)
             )
+        layers.append(entry)
+    for name, entry in rows.items():  # weights the layer walk did not reach: listed, not dropped
+        entry.update(name=name, type="", quantiles=None)
         layers.append(entry)
     notes = []
     if flops is None:
@@ -341,6 +347,6 @@ def _graph_data(graph, names: set[str]) -> list[dict]:
 
 
 def _render(data: dict) -> str:
-    # "</" inside a script element would end it early; JSON allows the escaped form.
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    # "</" or "<!--" inside a script element would end or confuse it; JSON reads \u003c as "<".
+    payload = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
     return PAGE.replace("__TITLE__", html.escape(data["title"])).replace("__DATA__", payload)
