@@ -22,10 +22,12 @@ import ast
 import datetime
 import os
 import platform
+import queue
 import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -37,6 +39,7 @@ QUICK_ARGUMENTS = {
     "training_overhead": ["--repeats", "3"],
     "tflite_size": ["--epochs", "2", "--runs", "100"],
 }
+HEARTBEAT_SECONDS = 60  # a line after this long without output from a benchmark
 PACKAGES = (
     "tensorflow",
     "keras",
@@ -85,6 +88,12 @@ def command(name: str, quick: bool) -> tuple[list[str], str | None]:
     return argv, plot
 
 
+def _pump(stream, received: queue.Queue) -> None:
+    for line in stream:
+        received.put(line)
+    received.put(None)
+
+
 def _shown(argv: list[str]) -> str:
     """The command as a user types it from the repository root."""
     return " ".join(["python", *(os.path.relpath(a, ROOT) if a.startswith(ROOT) else a for a in argv[1:])])
@@ -101,7 +110,16 @@ def run_one(name: str, quick: bool, index: int, count: int) -> dict:
     lines = []
     with tempfile.TemporaryFile(mode="w+") as errors:
         process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
-        for line in process.stdout:
+        received: queue.Queue = queue.Queue()
+        threading.Thread(target=_pump, args=(process.stdout, received), daemon=True).start()
+        while True:
+            try:
+                line = received.get(timeout=HEARTBEAT_SECONDS)
+            except queue.Empty:  # a long table still being measured: say the run is alive
+                print(f"  {time.perf_counter() - started:6.0f}s | ({name} still running)", flush=True)
+                continue
+            if line is None:
+                break
             lines.append(line.rstrip("\n"))
             print(f"  {time.perf_counter() - started:6.0f}s | {line}", end="", flush=True)
         status = process.wait()
