@@ -290,6 +290,8 @@ def main(argv=None) -> int:
     for what, value in rows:
         print(f"  {what}: {value}")
     results = [run_one(name, args.quick, index, len(names)) for index, name in enumerate(names, 1)]
+    if hasattr(os, "getloadavg"):
+        rows.insert(4, ("Load average at the end", ", ".join(f"{value:.2f}" for value in os.getloadavg())))
     _write(args.output, results_markdown(results, rows, args.quick, started))
     failed = [result["name"] for result in results if result["status"] != 0]
     print(f"\nWrote {os.path.relpath(args.output)}" + (f"; failed: {', '.join(failed)}" if failed else ""))
