@@ -276,6 +276,17 @@ def _run_export(args) -> None:
     print(f"Wrote {args.output}. Checked in LiteRT on {len(samples[0])} samples: {report}")
 
 
+def _run_report(args) -> None:
+    from tfsparse import _files, analysis
+
+    _files.check_output_file(args.output, args.force, (".html", ".htm"))
+    analysis.html_report(args.model, args.output, overwrite=args.force)
+    print(
+        f"Wrote {args.output}: per-layer sparsity, parameters and FLOPs of {args.model}, with a slider "
+        "for an overall target sparsity; open it in a browser (it needs no network)."
+    )
+
+
 # -- the parser and main ---------------------------------------------------------------------------
 
 
@@ -369,6 +380,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-sparse", action="store_true", help="store every weight dense")
     export.add_argument("--force", action="store_true", help="replace --output if it exists")
     export.set_defaults(handler=_run_export)
+
+    report = commands.add_parser(
+        "report",
+        parents=[common],
+        help="an interactive HTML report of a .keras, .h5 or .tflite file",
+        description="Writes one self-contained HTML page (no network): per-layer sparsity, parameters "
+        "and FLOPs as sortable bars, and a slider for an overall target sparsity that shows the "
+        "per-layer sparsities (uniform or one global magnitude threshold) and the parameters and "
+        "FLOPs they give.",
+    )
+    report.add_argument("model", metavar="MODEL", help=".keras, .h5 or .tflite file")
+    report.add_argument("-o", "--output", required=True, help="the .html file to write")
+    report.add_argument("--force", action="store_true", help="replace --output if it exists")
+    report.set_defaults(handler=_run_report)
     return parser
 
 
