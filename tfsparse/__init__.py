@@ -1,6 +1,7 @@
 """tfsparse: pruning and sparsity for Keras 3 models."""
 
 from tfsparse import analysis, criteria, export, regularizers
+from tfsparse import quantization
 from tfsparse.callbacks import PruningSummaries, UpdatePruningStep
 from tfsparse.finetune import finetune, prune_and_finetune
 from tfsparse.oneshot import prune_by_threshold, prune_oneshot
@@ -27,6 +28,7 @@ __all__ = [
     "prune_by_threshold",
     "prune_low_magnitude",
     "prune_oneshot",
+    "quantization",
     "regularizers",
     "strip_pruning",
 ]
