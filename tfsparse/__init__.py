@@ -1,7 +1,6 @@
 """tfsparse: pruning and sparsity for Keras 3 models."""
 
-from tfsparse import analysis, criteria, export, regularizers
-from tfsparse import quantization
+from tfsparse import analysis, criteria, export, quantization, regularizers
 from tfsparse.callbacks import PruningSummaries, UpdatePruningStep
 from tfsparse.finetune import finetune, prune_and_finetune
 from tfsparse.oneshot import prune_by_threshold, prune_oneshot
