@@ -203,3 +203,25 @@ def test_wrapper_and_activation_configs_round_trip():
     assert (copy.preserve_sparsity, copy.range_decay, copy.layer.units) == (False, 0.9, 3)
     activation = QuantizeActivation.from_config(QuantizeActivation(range_decay=0.5).get_config())
     assert activation.range_decay == 0.5
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_quantize_aware_and_clustering_keep_zeros_on_other_backends(backend):
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    script = os.path.join(os.path.dirname(__file__), "backend_compression.py")
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert facts["backend"] == backend
+    assert facts["qat_zeros_kept"] and facts["qat_trained"]
+    assert all(low <= 0.0 < high for low, high in facts["qat_ranges"])
+    assert all(1 <= count <= 4 for count in facts["cluster_values"])
+    assert facts["cluster_sparsity"] == pytest.approx([0.7, 0.7, 0.7], abs=0.02)
+    assert facts["strip_max_difference"] == 0.0

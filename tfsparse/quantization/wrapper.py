@@ -11,50 +11,14 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from tfsparse._kernels import call_with_kernel, computes_on_kernel, is_depthwise
 from tfsparse.quantization import fake_quant
 from tfsparse.quantization.activation import DEFAULT_DECAY, ActivationRange, check_decay
 
 
-def _depthwise(layer) -> bool:
-    return isinstance(layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D))
-
-
-def _convolution(layer) -> bool:
-    return isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D))
-
-
 def has_quantized_kernel(layer: keras.layers.Layer) -> bool:
     """Whether `QuantizeWrapper` computes `layer` on an int8 kernel (Dense, Conv1D-3D, depthwise)."""
-    return isinstance(layer, keras.layers.Dense) or _convolution(layer) or _depthwise(layer)
-
-
-def _add_bias(layer, outputs, channels_axis_last: bool):
-    if getattr(layer, "bias", None) is None:
-        return outputs
-    if channels_axis_last:
-        return ops.add(outputs, layer.bias)
-    shape = (1, -1) + (1,) * (len(outputs.shape) - 2)
-    return ops.add(outputs, ops.reshape(layer.bias, shape))
-
-
-def _run_on_kernel(layer, inputs, kernel):
-    """What `layer.call(inputs)` computes, with `kernel` in place of `layer.kernel`."""
-    if isinstance(layer, keras.layers.Dense):
-        outputs = _add_bias(layer, ops.matmul(inputs, kernel), True)
-    else:
-        if _depthwise(layer):
-            outputs = ops.depthwise_conv(
-                inputs,
-                kernel,
-                strides=layer.strides,
-                padding=layer.padding,
-                dilation_rate=layer.dilation_rate,
-                data_format=layer.data_format,
-            )
-        else:
-            outputs = layer.convolution_op(inputs, kernel)
-        outputs = _add_bias(layer, outputs, layer.data_format == "channels_last")
-    return layer.activation(outputs) if layer.activation is not None else outputs
+    return computes_on_kernel(layer)
 
 
 @keras.saving.register_keras_serializable(package="tfsparse")
@@ -124,11 +88,11 @@ class QuantizeWrapper(keras.layers.Wrapper):
             kernel = kernel * ops.cast(self.kernel_mask, kernel.dtype)
         if self.converter_rounds_kernel:
             return kernel
-        return fake_quant.fake_quantize_weight(kernel, depthwise=_depthwise(self.layer))
+        return fake_quant.fake_quantize_weight(kernel, depthwise=is_depthwise(self.layer))
 
     def call(self, inputs, training=None):
         if self.quantizes_kernel:
-            outputs = _run_on_kernel(self.layer, inputs, self.quantized_kernel())
+            outputs = call_with_kernel(self.layer, inputs, self.quantized_kernel())
         else:
             outputs = self.layer(inputs, training=training)
         return self.output_range(outputs, training, self.range_decay)
