@@ -1,6 +1,6 @@
 """tfsparse: pruning and sparsity for Keras 3 models."""
 
-from tfsparse import analysis, clustering, criteria, export, quantization, regularizers
+from tfsparse import analysis, clustering, criteria, export, lowrank, quantization, regularizers
 from tfsparse.callbacks import PruningSummaries, UpdatePruningStep
 from tfsparse.finetune import finetune, prune_and_finetune
 from tfsparse.oneshot import prune_by_threshold, prune_oneshot
@@ -24,6 +24,7 @@ __all__ = [
     "criteria",
     "export",
     "finetune",
+    "lowrank",
     "prune_and_finetune",
     "prune_by_threshold",
     "prune_low_magnitude",
