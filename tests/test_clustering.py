@@ -40,12 +40,11 @@ def test_kmeans_plus_plus_finds_well_separated_clusters():
     np.testing.assert_array_equal(nearest(np.array([-0.9, 0.4, 3.0]), np.array([-1.0, 0.5, 2.0])), [0, 1, 2])
 
 
-def _pruned_mlp(tabular, sparsity=0.6):
-    x, y = tabular
-    model = make_mlp()
-    model.compile(keras.optimizers.Adam(3e-3), LOSS)
-    model.fit(x, y, epochs=2, verbose=0)
-    return tfsparse.prune_oneshot(model, sparsity, criterion="magnitude")
+@pytest.fixture(scope="module")
+def pruned_mlp():
+    """The tiny MLP with random weights, pruned to 60% by magnitude (clustering needs no training)."""
+    keras.utils.set_random_seed(0)
+    return tfsparse.prune_oneshot(make_mlp(), 0.6, criterion="magnitude")
 
 
 def _kernels(model):
@@ -53,9 +52,9 @@ def _kernels(model):
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_fit_then_strip_leaves_at_most_k_values_per_kernel_and_keeps_zeros(tabular, per_channel):
+def test_fit_then_strip_leaves_at_most_k_values_per_kernel_and_keeps_zeros(tabular, pruned_mlp, per_channel):
     x, y = tabular
-    pruned = _pruned_mlp(tabular)
+    pruned = pruned_mlp
     clustered = cluster_weights(pruned, number_of_clusters=4, init="linear", per_channel=per_channel)
     centroids_before = [np.asarray(w.centroids) for w in clustered.layers if isinstance(w, ClusterWeights)]
     clustered.compile(keras.optimizers.Adam(1e-2), LOSS)
@@ -74,9 +73,9 @@ def test_fit_then_strip_leaves_at_most_k_values_per_kernel_and_keeps_zeros(tabul
     )
 
 
-def test_update_assignments_moves_values_to_the_nearest_trained_centroid(tabular):
+def test_update_assignments_moves_values_to_the_nearest_trained_centroid(tabular, pruned_mlp):
     x, y = tabular
-    clustered = cluster_weights(_pruned_mlp(tabular), number_of_clusters=4)
+    clustered = cluster_weights(pruned_mlp, number_of_clusters=4)
     wrapper = clustered.layers[0]
     clustered.compile(keras.optimizers.Adam(5e-2), LOSS)
     clustered.fit(x, y, epochs=1, batch_size=32, verbose=0)  # no callback: assignments stay
@@ -87,14 +86,14 @@ def test_update_assignments_moves_values_to_the_nearest_trained_centroid(tabular
     assert np.any(np.asarray(wrapper.assignments) != stale)
 
 
-def test_without_preserve_sparsity_zeros_join_a_cluster(tabular):
-    clustered = cluster_weights(_pruned_mlp(tabular), number_of_clusters=3, preserve_sparsity=False)
+def test_without_preserve_sparsity_zeros_join_a_cluster(tabular, pruned_mlp):
+    clustered = cluster_weights(pruned_mlp, number_of_clusters=3, preserve_sparsity=False)
     for kernel in _kernels(strip_clustering(clustered)).values():
         assert len(np.unique(kernel)) <= 3
 
 
-def test_clustered_model_saves_and_loads_without_custom_objects(tabular, tmp_path):
-    clustered = cluster_weights(_pruned_mlp(tabular), number_of_clusters=4, per_channel=True)
+def test_clustered_model_saves_and_loads_without_custom_objects(tabular, pruned_mlp, tmp_path):
+    clustered = cluster_weights(pruned_mlp, number_of_clusters=4, per_channel=True)
     path = os.path.join(tmp_path, "clustered.keras")
     clustered.save(path)
     loaded = keras.saving.load_model(path)

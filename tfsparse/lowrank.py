@@ -17,6 +17,8 @@ import numpy as np
 
 from tfsparse.analysis.report import format_table
 
+__all__ = ["Factorization", "FactorizedLayer", "choose_rank", "factorize", "split_kernel"]
+
 
 @dataclasses.dataclass(frozen=True)
 class FactorizedLayer:
