@@ -21,8 +21,9 @@ def cluster_wrappers(model: keras.Model) -> list[ClusterWeights]:
 class UpdateClusterAssignments(keras.callbacks.Callback):
     """Re-assigns every clustered kernel value to its nearest centroid every `frequency` steps.
 
-    Between updates the centroids train (and so do the original values, which decide the next
-    assignment); after the last batch of training the assignments are updated once more.
+    Between updates the centroids train; an update moves each original (frozen) kernel value to
+    the centroid now nearest to it. After the last batch of training the assignments are updated
+    once more.
 
     Args:
         frequency: training steps between updates, a positive integer.
