@@ -225,3 +225,45 @@ def test_quantize_aware_and_clustering_keep_zeros_on_other_backends(backend):
     assert all(1 <= count <= 4 for count in facts["cluster_values"])
     assert facts["cluster_sparsity"] == pytest.approx([0.7, 0.7, 0.7], abs=0.02)
     assert facts["strip_max_difference"] == 0.0
+
+
+def test_prune_cluster_then_quantize_aware_keeps_clusters_and_zeros_in_the_int8_file(trained):
+    from tfsparse.clustering import ClusterWeights, UpdateClusterAssignments, cluster_weights
+
+    x = trained["x_train"]
+    y = np.asarray(trained["qat"].predict(x, verbose=0)).argmax(axis=1)  # labels: any will do
+    clustered = cluster_weights(trained["pruned"], number_of_clusters=8)
+    clustered.compile(keras.optimizers.Adam(1e-3), LOSS)
+    clustered.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[UpdateClusterAssignments(10)])
+    qat = quantize_aware(clustered)
+    assert all(
+        isinstance(layer.layer, ClusterWeights)
+        for layer in qat.layers
+        if isinstance(layer, QuantizeWrapper) and layer.quantizes_kernel
+    )
+    centroids = [
+        np.asarray(layer.layer.centroids)
+        for layer in qat.layers
+        if isinstance(getattr(layer, "layer", None), ClusterWeights)
+    ]
+    qat.compile(keras.optimizers.Adam(1e-3), LOSS)
+    qat.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    after = [
+        np.asarray(layer.layer.centroids)
+        for layer in qat.layers
+        if isinstance(getattr(layer, "layer", None), ClusterWeights)
+    ]
+    assert all(np.abs(a - b).max() > 1e-5 for a, b in zip(after, centroids)), "centroids did not train"
+    flatbuffer = tfsparse.export.to_tflite(qat, sparse=False, quantize="int8", representative_data=x[:100])
+    interpreter = _interpreter(flatbuffer)
+    for layer in qat.layers:
+        if not isinstance(getattr(layer, "layer", None), ClusterWeights):
+            continue
+        kernel = np.asarray(layer.layer.layer.kernel)
+        stored_shape = kernel.T.shape if kernel.ndim == 2 else np.moveaxis(kernel, -1, 0).shape
+        values = interpreter.get_tensor(_file_tensor(interpreter, np.int8, stored_shape)["index"])
+        pruned_zeros = np.asarray(layer.layer.kernel_mask) == 0
+        pruned_zeros = pruned_zeros.T if kernel.ndim == 2 else np.moveaxis(pruned_zeros, -1, 0)
+        assert np.all(values[pruned_zeros] == 0), layer.name
+        for channel in values.reshape(values.shape[0], -1):
+            assert len(np.unique(channel[channel != 0])) <= 8, layer.name

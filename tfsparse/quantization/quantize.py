@@ -6,7 +6,7 @@ import keras
 from keras import tree
 
 from tfsparse.quantization.activation import DEFAULT_DECAY, QuantizeActivation, check_decay
-from tfsparse.quantization.wrapper import QuantizeWrapper
+from tfsparse.quantization.wrapper import QuantizeWrapper, kernel_layer
 from tfsparse.wrapper import accepts_argument
 
 # Layers that TFLite runs in int8 with the input's scale: their output needs no range of its own.
@@ -85,8 +85,12 @@ def quantize_aware(
     `tfsparse.export.to_tflite(qat_model, quantize="int8", representative_data=...)`, which takes
     its ranges and its rounding.
 
+    A clustered model (from `tfsparse.clustering.cluster_weights`, not stripped) trains its
+    centroids under the int8 rounding, so its clusters and zeros survive into the file
+    (cluster-preserving QAT): prune -> cluster -> `quantize_aware` -> `to_tflite(quantize="int8")`.
+
     Args:
-        model: a Sequential or functional model, pruned (stripped first) or not.
+        model: a Sequential or functional model, pruned (stripped first), clustered or plain.
         preserve_sparsity: keep every zero weight of the kernels exactly zero through training and
             into the int8 file.
         range_decay: weight of the old range when a training batch updates it, in [0, 1).
@@ -186,7 +190,7 @@ def for_converter(model: keras.Model) -> keras.Model:
 
     def clone_function(layer):
         config = layer.get_config()
-        if isinstance(layer, QuantizeWrapper) and isinstance(layer.layer, keras.layers.Dense):
+        if isinstance(layer, QuantizeWrapper) and isinstance(kernel_layer(layer.layer), keras.layers.Dense):
             config["converter_rounds_kernel"] = True
         copy = layer.__class__.from_config(config)
         if layer.built:

@@ -12,13 +12,20 @@ import keras
 from keras import ops
 
 from tfsparse._kernels import call_with_kernel, computes_on_kernel, is_depthwise
+from tfsparse.clustering.wrapper import ClusterWeights
 from tfsparse.quantization import fake_quant
 from tfsparse.quantization.activation import DEFAULT_DECAY, ActivationRange, check_decay
 
 
 def has_quantized_kernel(layer: keras.layers.Layer) -> bool:
-    """Whether `QuantizeWrapper` computes `layer` on an int8 kernel (Dense, Conv1D-3D, depthwise)."""
-    return computes_on_kernel(layer)
+    """Whether `QuantizeWrapper` computes `layer` on an int8 kernel: Dense, Conv1D-3D, depthwise,
+    or a `ClusterWeights` around one (its centroids then train under the rounding)."""
+    return computes_on_kernel(layer) or isinstance(layer, ClusterWeights)
+
+
+def kernel_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """The Dense or convolution layer whose computation `QuantizeWrapper` runs for `layer`."""
+    return layer.layer if isinstance(layer, ClusterWeights) else layer
 
 
 @keras.saving.register_keras_serializable(package="tfsparse")
@@ -29,7 +36,9 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     Args:
         layer: the layer to wrap. Dense, Conv1D/2D/3D and DepthwiseConv1D/2D layers get an int8
-            kernel; any other layer keeps its weights and only has its output quantized.
+            kernel, and so does a `tfsparse.clustering.ClusterWeights` around one (its centroids
+            train under the rounding, so the clusters and zeros stay); any other layer keeps its
+            weights and only has its output quantized.
         preserve_sparsity: keep the kernel's zeros at zero through training (a fixed mask of the
             non-zeros the kernel has when the wrapper is built).
         range_decay: weight of the old output range when a training batch updates it, in [0, 1).
@@ -70,7 +79,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
         if not self.layer.built:
             self.layer.build(input_shape)
         self.quantizes_kernel = has_quantized_kernel(self.layer)
-        if self.quantizes_kernel and self.preserve_sparsity:
+        # A clustered layer keeps its own zeros (its mask, when it preserves sparsity).
+        if self.quantizes_kernel and self.preserve_sparsity and not isinstance(self.layer, ClusterWeights):
             kernel = ops.convert_to_numpy(self.layer.kernel)
             self.kernel_mask = self.add_weight(
                 name="kernel_mask",
@@ -83,16 +93,19 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     def quantized_kernel(self):
         """The kernel the layer computes with: masked (when sparsity is preserved) and rounded to int8."""
-        kernel = self.layer.kernel
-        if self.preserve_sparsity:
-            kernel = kernel * ops.cast(self.kernel_mask, kernel.dtype)
+        if isinstance(self.layer, ClusterWeights):
+            kernel = self.layer.clustered_kernel()
+        else:
+            kernel = self.layer.kernel
+            if self.preserve_sparsity:
+                kernel = kernel * ops.cast(self.kernel_mask, kernel.dtype)
         if self.converter_rounds_kernel:
             return kernel
-        return fake_quant.fake_quantize_weight(kernel, depthwise=is_depthwise(self.layer))
+        return fake_quant.fake_quantize_weight(kernel, depthwise=is_depthwise(kernel_layer(self.layer)))
 
     def call(self, inputs, training=None):
         if self.quantizes_kernel:
-            outputs = call_with_kernel(self.layer, inputs, self.quantized_kernel())
+            outputs = call_with_kernel(kernel_layer(self.layer), inputs, self.quantized_kernel())
         else:
             outputs = self.layer(inputs, training=training)
         return self.output_range(outputs, training, self.range_decay)
