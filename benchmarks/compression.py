@@ -154,6 +154,19 @@ def digits_rows(args):
             verbose=0,
             callbacks=[clustering.UpdateClusterAssignments(frequency=10)],
         )
+        if clusters == args.clusters[0]:
+            # Cluster-preserving QAT: the centroids train under the int8 rounding.
+            keras.utils.set_random_seed(SEED)
+            cqat = _compile(keras, quantization.quantize_aware(clustered), args.qat_learning_rate)
+            cqat.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=args.qat_epochs, verbose=0)
+            cqat_row = _row(
+                f"pruned + clustered ({clusters}) + QAT int8",
+                export(cqat, quantize="int8", representative_data=calibration),
+                x_test,
+                y_test,
+                args.runs,
+                _accuracy(cqat, x_test, y_test),
+            )
         clustered = clustering.strip_clustering(clustered)
         rows.append(
             _row(
@@ -166,14 +179,16 @@ def digits_rows(args):
             )
         )
 
+    rows.append(cqat_row)
+
     keras.utils.set_random_seed(SEED)
-    factorization = lowrank.factorize(dense, energy=args.energy, layers=["dense"])
+    factorization = lowrank.factorize(dense, rank=args.rank, layers=["dense"])
     factorized = _compile(keras, factorization.model, 1e-3)
     factorized.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=args.finetune_epochs, verbose=0)
     (split,) = factorization.layers
     rows.append(
         _row(
-            f"low-rank (dense: rank {split.rank}) + int8",
+            f"low-rank (dense: rank {split.rank}, {split.parameters_after:,} of {split.parameters_before:,} params) + int8",
             export(factorized, sparse=False, quantize="int8", representative_data=calibration),
             x_test,
             y_test,
@@ -242,7 +257,7 @@ def main():
     parser.add_argument("--qat-epochs", type=int, default=3)
     parser.add_argument("--qat-learning-rate", type=float, default=1e-3)
     parser.add_argument("--clusters", type=int, nargs="+", default=[16, 4], help="one row per count")
-    parser.add_argument("--energy", type=float, default=0.9, help="energy kept by the low-rank split")
+    parser.add_argument("--rank", type=int, default=16, help="rank of the low-rank split of the 512x64 Dense")
     parser.add_argument("--finetune-epochs", type=int, default=3, help="after clustering or factorizing")
     parser.add_argument("--runs", type=int, default=300, help="invocations timed per file")
     args = parser.parse_args()

@@ -230,7 +230,7 @@ def test_quantize_aware_and_clustering_keep_zeros_on_other_backends(backend):
 def test_prune_cluster_then_quantize_aware_keeps_clusters_and_zeros_in_the_int8_file(trained):
     from tfsparse.clustering import ClusterWeights, UpdateClusterAssignments, cluster_weights
 
-    x = trained["x_train"]
+    x = trained["x_train"][:320]
     y = np.asarray(trained["qat"].predict(x, verbose=0)).argmax(axis=1)  # labels: any will do
     clustered = cluster_weights(trained["pruned"], number_of_clusters=8)
     clustered.compile(keras.optimizers.Adam(1e-3), LOSS)
