@@ -309,6 +309,7 @@ def main():
         "Dense, XNNPack",
         "Sparse, builtin",
         "Speedup",
+        "to_tflite(sparse=True), default delegates",
     ]
     print()
     print(format_table(headers, cells, right=(1, 2, 3, 4, 5, 6)))
