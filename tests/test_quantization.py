@@ -267,3 +267,20 @@ def test_prune_cluster_then_quantize_aware_keeps_clusters_and_zeros_in_the_int8_
         assert np.all(values[pruned_zeros] == 0), layer.name
         for channel in values.reshape(values.shape[0], -1):
             assert len(np.unique(channel[channel != 0])) <= 8, layer.name
+
+
+def test_batch_norm_and_depthwise_model_trains_and_exports_int8_with_its_zeros(digits):
+    x, y = digits
+    qat = quantize_aware(tfsparse.prune_oneshot(make_cnn(), 0.5, criterion="magnitude"))
+    wrapped = {type(layer.layer).__name__ for layer in qat.layers if isinstance(layer, QuantizeWrapper)}
+    assert wrapped == {"Conv2D", "BatchNormalization", "DepthwiseConv2D", "Dense"}
+    qat.compile(keras.optimizers.Adam(3e-3), LOSS)
+    qat.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    # Each layer lands within a step of Keras; batch normalization becomes MUL and ADD with a
+    # calibrated range between them, one more rounding. to_tflite raises unless the file runs in LiteRT within the int8 tolerance of the Keras model.
+    flatbuffer = tfsparse.export.to_tflite(qat, sparse=False, quantize="int8", representative_data=x[:64])
+    report = tfsparse.analysis.tflite_sparsity_report(flatbuffer)
+    kernels = [row for row in report.rows if row.dtype == "int8" and len(row.shape) > 1]  # not BN's MUL/ADD
+    assert sorted(row.size - row.nonzeros for row in kernels) == sorted(
+        int((k == 0).sum()) for k in _kernels(qat).values()
+    )
