@@ -1,6 +1,6 @@
 """tfsparse: pruning and sparsity for Keras 3 models."""
 
-from tfsparse import analysis, criteria, export, regularizers
+from tfsparse import analysis, clustering, criteria, export, lowrank, quantization, regularizers
 from tfsparse.allocation import auto_sparsity
 from tfsparse.callbacks import PruningSummaries, UpdatePruningStep
 from tfsparse.distill import Distiller
@@ -26,13 +26,16 @@ __all__ = [
     "SensitivityScan",
     "analysis",
     "auto_sparsity",
+    "clustering",
     "criteria",
     "export",
     "finetune",
+    "lowrank",
     "prune_and_finetune",
     "prune_by_threshold",
     "prune_low_magnitude",
     "prune_oneshot",
+    "quantization",
     "regularizers",
     "sensitivity_scan",
     "strip_pruning",

@@ -16,6 +16,7 @@ _LOCATIONS = {
     "SavedModelReport": "tfsparse.export.saved_model",
     "to_saved_model": "tfsparse.export.saved_model",
     "OutputExistsError": "tfsparse.export._files",
+    "to_onnx": "tfsparse.export.onnx",
 }
 
 __all__ = sorted(_LOCATIONS)

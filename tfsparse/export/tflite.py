@@ -252,6 +252,10 @@ def to_tflite(
     `1e-2 * peak` for "float16", `0.05 * peak` for "dynamic" and `0.15 * peak` for "int8".
     A file that fails to prepare with the default delegates or misses the tolerance is not returned.
 
+    A quantization-aware model (from `tfsparse.quantization.quantize_aware`) exports with
+    quantize="int8" only: the file takes the activation ranges it learned and the int8 weights it
+    trained with, and is compared with its fake-quantized outputs.
+
     With `sparse=True`, pruned weights are stored in TFLite's sparse encoding where that makes
     the file smaller and runs: weights that XNNPack cannot prepare sparse (int8 FULLY_CONNECTED
     weights with LiteRT 2.3) are stored dense with a warning naming them, and when the converter's
@@ -289,6 +293,7 @@ def to_tflite(
     """
     _check_arguments(sparse, quantize, representative_data)
     model = plain_model(model)
+    converted_model = _quantize_aware_for_converter(model, quantize)
     if path is not None:
         path = check_output_path(path, overwrite)
     if representative_data is not None:
@@ -300,15 +305,32 @@ def to_tflite(
     def verified(candidate: bytes) -> tuple[bytes, TFLiteReport]:
         return candidate, verify_tflite(candidate, model, verify_inputs, runs=1)
 
-    flatbuffer = _convert(model, bool(sparse), quantize, samples)
+    flatbuffer = _convert(converted_model, bool(sparse), quantize, samples)
     if sparse:
-        flatbuffer, report = _best_sparse(model, flatbuffer, quantize, samples, verified)
+        flatbuffer, report = _best_sparse(converted_model, flatbuffer, quantize, samples, verified)
     else:
         report = verified(flatbuffer)[1]
     _check_report(report, model.name)
     if path is not None:
         write_file_atomically(path, flatbuffer, overwrite)
     return flatbuffer
+
+
+def _quantize_aware_for_converter(model: keras.Model, quantize: str | None) -> keras.Model:
+    """What to convert: `model` itself, or for a `quantize_aware` model its converter copy, whose
+    fake quantization gives the file its learned ranges and int8 weights."""
+    from tfsparse import quantization
+    from tfsparse.quantization.quantize import for_converter
+
+    if not quantization.is_quantize_aware(model):
+        return model
+    if quantize != "int8":
+        raise ValueError(
+            f"Model '{model.name}' is quantization-aware (from `tfsparse.quantization.quantize_aware`), "
+            f'so it exports as full integer only. Received: quantize={quantize!r}. Pass quantize="int8" '
+            "and `representative_data`."
+        )
+    return for_converter(model)
 
 
 def _usable(report: TFLiteReport) -> bool:
