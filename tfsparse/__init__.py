@@ -6,6 +6,7 @@ from tfsparse.finetune import finetune, prune_and_finetune
 from tfsparse.oneshot import prune_by_threshold, prune_oneshot
 from tfsparse.prune import prune_low_magnitude, strip_pruning
 from tfsparse.registry import PrunableLayer
+from tfsparse.regrowth import Regrowth
 from tfsparse.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
 from tfsparse.wrapper import PruneLowMagnitude
 
@@ -18,6 +19,7 @@ __all__ = [
     "PruneLowMagnitude",
     "PruningSchedule",
     "PruningSummaries",
+    "Regrowth",
     "UpdatePruningStep",
     "analysis",
     "criteria",
