@@ -14,7 +14,9 @@ cosine (`tfsparse.prune_and_finetune`; the tfmot run does the same with tf-keras
   change, comparable across layers); taylor draws 4 batches of training data per mask update;
 - l1+threshold: the pruning epochs train with a ramped L1 penalty and no pruning, then
   `prune_by_threshold` to the sparsity (global, LAMP), then the same fine-tuning;
-- wanda (one-shot): `prune_oneshot` on 512 training inputs, no retraining at all.
+- wanda (one-shot): `prune_oneshot` on 512 training inputs, no retraining at all;
+- static / rigl / set (scratch): sparse training from a fresh model with as many steps as the
+  dense run and the pruning and fine-tuning together (see the block of that name below).
 
 Sparsity counts the kernels of every Conv2D and Dense layer (biases are not pruned).
 
@@ -114,6 +116,41 @@ METHODS = {
     "l1+threshold": _l1_then_threshold,
     "wanda (one-shot)": _wanda_oneshot,
 }
+
+
+# --- Sparse training from scratch (issue 17): static masks, RigL and SET --------------------------
+# No dense weights: a fresh model (same seed) is pruned at step 0 to the sparsity by magnitude and
+# trained for as many steps as the dense run plus pruning plus fine-tuning take together. "static"
+# keeps its first masks; "rigl" and "set" move 30% of each layer's active weights once an epoch,
+# decayed along a cosine until 75% of the steps (RigL's recipe), RigL growing by gradients on 4
+# training batches per update, SET at random. Layer-wise (uniform) sparsity for all three.
+
+
+def _from_scratch(dense, train, test, sparsity, settings, regrowth=None):
+    (x, y), (x_test, y_test) = train, test
+    epochs = settings.dense_epochs + settings.pruning_epochs + settings.finetune_epochs
+    steps = epochs * steps_per_epoch(x)
+    keras.utils.set_random_seed(SEED)
+    fresh = keras.models.clone_model(dense)  # same architecture, new initial weights
+    pruned = tfsparse.prune_low_magnitude(
+        fresh,
+        pruning_schedule=tfsparse.ConstantSparsity(sparsity, begin_step=0, frequency=steps_per_epoch(x)),
+        regrowth=None if regrowth is None else tfsparse.Regrowth(regrowth, 0.3, end_step=int(0.75 * steps)),
+    )
+    compile_model(keras, pruned)
+    callback = tfsparse.UpdatePruningStep(calibration_data=(x, y) if regrowth == "rigl" else None)
+    pruned.fit(x, y, epochs=epochs, batch_size=BATCH_SIZE, verbose=0, callbacks=[callback])
+    return _finish(pruned, x_test, y_test)
+
+
+METHODS.update(
+    {
+        "static (scratch)": lambda *a: _from_scratch(*a),
+        "rigl (scratch)": lambda *a: _from_scratch(*a, regrowth="rigl"),
+        "set (scratch)": lambda *a: _from_scratch(*a, regrowth="set"),
+    }
+)
+# --- end of sparse training from scratch -----------------------------------------------------------
 
 
 def train_dense(task, settings):
