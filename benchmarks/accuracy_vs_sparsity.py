@@ -140,7 +140,11 @@ def _from_scratch(dense, train, test, sparsity, settings, regrowth=None):
     compile_model(keras, pruned)
     callback = tfsparse.UpdatePruningStep(calibration_data=(x, y) if regrowth == "rigl" else None)
     pruned.fit(x, y, epochs=epochs, batch_size=BATCH_SIZE, verbose=0, callbacks=[callback])
-    return _finish(pruned, x_test, y_test)
+    accuracy_reached, _ = _finish(pruned, x_test, y_test)
+    # The masks' sparsity: a weight regrown at zero that never received a gradient (SET grows some
+    # onto dead units) is one more zero in the kernel, but still a weight the layer may use.
+    masks = [m for w in mask_updates.collect_wrappers(pruned) for m in w.get_masks() if m.ndim >= 2]
+    return accuracy_reached, sum(int((m == 0).sum()) for m in masks) / sum(m.size for m in masks)
 
 
 METHODS.update(
