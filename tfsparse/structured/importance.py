@@ -6,8 +6,9 @@ import keras
 import numpy as np
 
 from tfsparse import criteria
+from tfsparse.structured import merging
 
-IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "lamp", "random")
+IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "lamp", "random", "fpgm", "lsh")
 
 
 def check_importance(importance) -> None:
@@ -69,7 +70,9 @@ def group_scores(model: keras.Model, graph, importance="l2", data=None, loss=Non
         importance: "l1" or "l2" (norms over all of the group's trainable weights), "bn_scale"
             (|gamma| of the group's normalization layers; groups without one are left out), "taylor"
             (|w * dL/dw| on `data`, summed over the group's weights), "lamp" (LAMP-normalized l2
-            scores, comparable across groups), "random" (seeded), or a callable
+            scores, comparable across groups), "random" (seeded), "fpgm" (distance to the group's
+            geometric median), "lsh" (distance to a SimHash near-duplicate; see
+            `tfsparse.structured.merging`), or a callable
             `fn(model, group) -> array of group.channels scores`.
         data: `(x, y)` arrays or batches, for "taylor".
         loss: the loss for "taylor"; defaults to the model's compiled loss.
@@ -99,6 +102,8 @@ def group_scores(model: keras.Model, graph, importance="l2", data=None, loss=Non
     if importance == "random":
         rng = np.random.default_rng(0)
         return {g.index: rng.random(g.channels) for g in prunable}
+    if importance in ("fpgm", "lsh"):
+        return merging.group_scores(model, graph, prunable, importance)
     variables = _weight_variables(model, graph)
     cache: dict = {}
 

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from tfsparse.structured import importance as importance_module
+from tfsparse.structured import merging
 from tfsparse.structured.graph import DependencyGraph
 
 _VERSION = 1
@@ -175,7 +176,8 @@ def plan(
         model: a Sequential or functional model.
         ratio: share of each group's channels to remove, or `{layer name: ratio}` (a group takes the
             smallest ratio among its member layers listed; unlisted groups stay whole).
-        importance: "l1", "l2", "bn_scale", "taylor", "lamp", "random", or `fn(model, group) -> scores`.
+        importance: "l1", "l2", "bn_scale", "taylor", "lamp", "random", "fpgm", "lsh" (near-duplicates,
+            merged into the channel they duplicate), or `fn(model, group) -> scores`.
         scope: "layer" (each group loses `ratio` of its channels) or "global" (channels of all
             groups ranked together, scores divided by their group's mean unless "lamp").
         ignored_layers: layer names whose channels stay whole (also the way past layers without a rule).
@@ -233,6 +235,8 @@ def plan_for_graph(
     groups = {
         g: {"channels": graph.groups[g].channels, "layers": graph.groups[g].layers()[:4]} for g in removed
     }
+    if importance == "lsh":  # removed channels merge into their duplicates when applied
+        merging.record_merges(model, graph, removed, groups)
     return Plan(removed, reasons, graph.ignored_layers, groups)
 
 
@@ -242,7 +246,8 @@ def _global_counts(graph, scores, ratio, importance, round_to, max_ratio) -> dic
     for g, values in scores.items():
         group = graph.groups[g]
         total += group.channels
-        normalized = values if importance == "lamp" else values / max(float(np.mean(values)), 1e-12)
+        comparable = importance in ("lamp", "lsh")  # lsh: relative distances, already comparable
+        normalized = values if comparable else values / max(float(np.mean(values)), 1e-12)
         for channel in np.flatnonzero(~group.fixed):
             entries.append((float(normalized[channel]), g, int(channel)))
     entries.sort()

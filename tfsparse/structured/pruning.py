@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from tfsparse.structured import surgery
+from tfsparse.structured import merging, surgery
 from tfsparse.structured.graph import DependencyGraph
 from tfsparse.structured.plan import Plan, _check_arguments, plan_for_graph
 
@@ -67,7 +67,7 @@ def apply(model: keras.Model, plan: Plan) -> keras.Model:
     _check_plan_groups(graph, plan)
     keep = graph.keep_function(plan.removed)
     config = surgery.model_config(model)
-    weights = surgery.layer_weights(model)
+    weights = merging.fold_merges(graph, plan, surgery.layer_weights(model))
     leaves = surgery.leaf_layers(model)
     for path, record in graph.layers.items():
         if path not in leaves:  # a nested model: its inputs may narrow
@@ -105,7 +105,8 @@ def prune(
     Args:
         model: a Sequential or functional model (nested models allowed).
         ratio: share of each group's channels to remove, or `{layer name: ratio}`.
-        importance: "l1", "l2", "bn_scale", "taylor", "lamp", "random", or `fn(model, group) -> scores`.
+        importance: "l1", "l2", "bn_scale", "taylor", "lamp", "random", "fpgm", "lsh", or
+            `fn(model, group) -> scores`.
         scope: "layer" or "global" (see `plan`).
         ignored_layers: layers whose channels stay whole.
         round_to: keep channel counts at multiples of this.

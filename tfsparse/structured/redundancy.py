@@ -118,15 +118,21 @@ def near_duplicates(
     near_duplicates(filters, 1)  # {4: 0}
     ```
     """
+    return {removed: kept for removed, kept, _ in _greedy(vectors, count, tables, bits, seed, fixed)}
+
+
+def _greedy(vectors, count, tables, bits, seed, fixed) -> list[tuple[int, int, float]]:
+    """`(removed, kept, distance)` in the order `near_duplicates` takes them."""
     vectors = np.asarray(vectors, dtype=np.float64).reshape(len(vectors), -1)
     channels = vectors.shape[0]
     fixed = np.zeros(channels, dtype=bool) if fixed is None else np.asarray(fixed, dtype=bool)
     count = min(int(count), int((~fixed).sum()), channels - 1)
     codes = simhash_codes(vectors, tables, bits, seed)
+    taken: list[tuple[int, int, float]] = []
     merged: dict[int, int] = {}
     seen = np.zeros(0, dtype=np.int64)
     for prefix in range(bits, -1, -1):
-        if len(merged) >= count:
+        if len(taken) >= count:
             break
         keys = _pairs_in(buckets(codes & ((1 << prefix) - 1)), channels, seen)
         if keys.size == 0:
@@ -135,7 +141,7 @@ def near_duplicates(
         left, right = keys // channels, keys % channels
         distances = _relative_distances(vectors, left, right)
         for position in np.lexsort((right, left, distances)):
-            if len(merged) >= count:
+            if len(taken) >= count:
                 break
             first, second = int(left[position]), int(right[position])
             if first in merged or second in merged or (fixed[first] and fixed[second]):
@@ -146,7 +152,51 @@ def near_duplicates(
                 if target == removed:
                     merged[earlier] = kept
             merged[removed] = kept
-    return dict(sorted(merged.items()))
+            taken.append((removed, kept, float(distances[position])))
+    return [(removed, merged[removed], distance) for removed, _, distance in taken]
+
+
+def duplicate_scores(
+    vectors: np.ndarray, tables: int = 4, bits: int = 8, seed: int = 0, fixed: np.ndarray | None = None
+) -> np.ndarray:
+    """Scores that rank channels in the order `near_duplicates` removes them (lower goes first).
+
+    A removed channel scores the largest relative distance `|a - b| / (|a| + |b|)` of the pairs
+    taken up to its own, in [0, 1], so the scores of different groups compare (an exact copy
+    scores 0); the channel that would be removed last of all and fixed channels score 2.
+
+    Example:
+
+    ```python
+    duplicate_scores(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.001]]))  # [2., ~0.71, ~0.0005]
+    ```
+    """
+    vectors = np.asarray(vectors, dtype=np.float64).reshape(len(vectors), -1)
+    scores = np.full(vectors.shape[0], 2.0)
+    reached = 0.0
+    for removed, _, distance in _greedy(vectors, vectors.shape[0], tables, bits, seed, fixed):
+        reached = max(reached, distance)
+        scores[removed] = reached
+    return scores
+
+
+def merge_targets(vectors: np.ndarray, removed) -> dict[int, int]:
+    """For each removed channel, the most similar channel that stays (smallest relative distance).
+
+    Example:
+
+    ```python
+    merge_targets(np.array([[1.0], [5.0], [1.1]]), [2])  # {2: 0}
+    ```
+    """
+    vectors = np.asarray(vectors, dtype=np.float64).reshape(len(vectors), -1)
+    removed = [int(r) for r in removed]
+    kept = np.setdiff1d(np.arange(vectors.shape[0]), removed)
+    targets = {}
+    for channel in removed:
+        distances = _relative_distances(vectors, np.full(kept.size, channel), kept)
+        targets[channel] = int(kept[np.argmin(distances)])
+    return targets
 
 
 def merge_outgoing(weight: np.ndarray, axis: int, merges: Mapping[int, int]) -> np.ndarray:
