@@ -4,7 +4,7 @@
 `Plan`); `apply` rebuilds a smaller ordinary Keras model; `prune` does both.
 """
 
-from tfsparse.structured import importance, rules, surgery
+from tfsparse.structured import importance, merging, redundancy, rules, surgery
 from tfsparse.structured.graph import DependencyGraph, Group, Member, register_rule
 from tfsparse.structured.importance import group_scores
 from tfsparse.structured.plan import Plan, plan
@@ -18,8 +18,10 @@ __all__ = [
     "apply",
     "group_scores",
     "importance",
+    "merging",
     "plan",
     "prune",
+    "redundancy",
     "register_rule",
     "rules",
     "surgery",
