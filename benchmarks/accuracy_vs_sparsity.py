@@ -123,10 +123,12 @@ METHODS = {
 # trained for as many steps as the dense run plus pruning plus fine-tuning take together. "static"
 # keeps its first masks; "rigl" and "set" move 30% of each layer's active weights once an epoch,
 # decayed along a cosine until 75% of the steps (RigL's recipe), RigL growing by gradients on 4
-# training batches per update, SET at random. Layer-wise (uniform) sparsity for all three.
+# training batches per update, SET at random. Layer-wise (uniform) sparsity, and for static and
+# RigL also "(scr, lamp)": scope "global", one LAMP-normalized magnitude threshold at step 0 (small layers keep more,
+# much as RigL's ERK distribution does), each layer then keeping its own count.
 
 
-def _from_scratch(dense, train, test, sparsity, settings, regrowth=None):
+def _from_scratch(dense, train, test, sparsity, settings, regrowth=None, **scope):
     (x, y), (x_test, y_test) = train, test
     epochs = settings.dense_epochs + settings.pruning_epochs + settings.finetune_epochs
     steps = epochs * steps_per_epoch(x)
@@ -136,6 +138,7 @@ def _from_scratch(dense, train, test, sparsity, settings, regrowth=None):
         fresh,
         pruning_schedule=tfsparse.ConstantSparsity(sparsity, begin_step=0, frequency=steps_per_epoch(x)),
         regrowth=None if regrowth is None else tfsparse.Regrowth(regrowth, 0.3, end_step=int(0.75 * steps)),
+        **scope,
     )
     compile_model(keras, pruned)
     callback = tfsparse.UpdatePruningStep(calibration_data=(x, y) if regrowth == "rigl" else None)
@@ -147,11 +150,14 @@ def _from_scratch(dense, train, test, sparsity, settings, regrowth=None):
     return accuracy_reached, sum(int((m == 0).sum()) for m in masks) / sum(m.size for m in masks)
 
 
+GLOBAL = {"scope": "global", "score_normalization": "lamp"}
 METHODS.update(
     {
         "static (scratch)": lambda *a: _from_scratch(*a),
         "rigl (scratch)": lambda *a: _from_scratch(*a, regrowth="rigl"),
         "set (scratch)": lambda *a: _from_scratch(*a, regrowth="set"),
+        "static (scr, lamp)": lambda *a: _from_scratch(*a, **GLOBAL),
+        "rigl (scr, lamp)": lambda *a: _from_scratch(*a, regrowth="rigl", **GLOBAL),
     }
 )
 # --- end of sparse training from scratch -----------------------------------------------------------
