@@ -124,8 +124,8 @@ METHODS = {
 # keeps its first masks; "rigl" and "set" move 30% of each layer's active weights once an epoch,
 # decayed along a cosine until 75% of the steps (RigL's recipe), RigL growing by gradients on 4
 # training batches per update, SET at random. Layer-wise (uniform) sparsity, and for static and
-# RigL also "(scr, lamp)": scope "global", one LAMP-normalized magnitude threshold at step 0 (small layers keep more,
-# much as RigL's ERK distribution does), each layer then keeping its own count.
+# RigL also "(scr, lamp)": scope "global", one LAMP-normalized magnitude threshold at step 0
+# (small layers keep more, much as RigL's ERK distribution does), each layer then keeping its count.
 
 
 def _from_scratch(dense, train, test, sparsity, settings, regrowth=None, **scope):

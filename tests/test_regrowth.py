@@ -128,6 +128,26 @@ def test_masks_move_while_sparsity_stays_exact_and_regrown_weights_start_at_zero
     assert [int((m == 0).sum()) for m in final] == [round(0.8 * m.size) for m in final]
 
 
+def test_global_scope_regrows_within_each_layer_once_the_total_is_reached(tabular):
+    x, y = tabular
+    pruned = _compiled(
+        tfsparse.prune_low_magnitude(
+            make_mlp(),
+            pruning_schedule=tfsparse.ConstantSparsity(0.8, 0, frequency=2),
+            scope="global",
+            regrowth="set",
+        )
+    )
+    recorder = _MaskRecorder()
+    pruned.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[tfsparse.UpdatePruningStep(), recorder])
+    first = [int((m == 0).sum()) for m in recorder.masks[0]]
+    assert sum(first) == round(0.8 * sum(m.size for m in recorder.masks[0]))
+    assert len(set(first)) > 1  # one threshold: layers at different sparsities
+    for masks in recorder.masks[1:]:
+        assert [int((m == 0).sum()) for m in masks] == first
+    assert any((a != b).any() for a, b in zip(recorder.masks[0], recorder.masks[-1]))
+
+
 def test_a_weight_pruned_at_the_first_update_comes_back_with_rigl(tabular):
     x, y = tabular
     pruned = _compiled(
