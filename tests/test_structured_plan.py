@@ -83,3 +83,25 @@ def test_zero_carrying_channels_are_removed_without_changing_outputs():
 def test_bad_arguments_are_refused_by_name(mlp, arguments, message):
     with pytest.raises(ValueError, match=message):
         structured.prune(mlp, **arguments)
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])  # TensorFlow: every other test here
+def test_structured_pruning_on_each_backend(backend):
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    script = os.path.join(os.path.dirname(__file__), "structured_backend.py")
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert facts["backend"] == backend
+    assert facts["filters"] == 4  # the four channels whose batch-norm scale is zero
+    assert facts["difference"] < 1e-4
+    assert facts["same_at_zero"]
+    assert facts["heads"] == 1
+    assert facts["taylor_groups"] >= 4 and facts["taylor_finite"]
