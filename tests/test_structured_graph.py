@@ -274,3 +274,14 @@ def test_subclassed_and_unbuilt_models_are_refused():
         structured.DependencyGraph(SubclassedModel())
     with pytest.raises(ValueError, match="not built"):
         structured.prune(keras.Sequential([L.Dense(2)]), 0.5)
+
+
+def test_keras_layers_without_a_channel_rule_keep_their_channels_whole():
+    inputs = keras.Input((5, 4))
+    x = L.Dense(8, name="a")(inputs)
+    x = L.EinsumDense("abc,cd->abd", output_shape=(None, 6), name="einsum")(x)
+    x = L.Dense(10, activation="relu", name="b")(x)
+    model = keras.Model(inputs, L.Dense(2)(x))
+    graph = structured.DependencyGraph(model)
+    assert not _group_of(graph, "a").prunable and _group_of(graph, "b").prunable
+    _check_removal_is_exact(model)

@@ -640,10 +640,14 @@ _PASSTHROUGH = (
     L.UpSampling2D,
     L.UpSampling3D,
     L.RepeatVector,
+    L.Resizing,
+    L.CenterCrop,
+    L.RandomFlip,
+    L.RandomRotation,
+    L.RandomZoom,
+    L.RandomTranslation,
+    L.RandomCrop,
 )
-
-# Layers whose channels we do not follow, but which are safe to keep whole.
-_BARRIERS = (L.Normalization, L.EinsumDense, L.TimeDistributed, L.Bidirectional, L.Attention)
 
 
 def operation(ctx: RuleContext) -> list:
@@ -755,13 +759,21 @@ def builtin_rules() -> list:
         (L.SimpleRNN, recurrent),
         (L.MultiHeadAttention, multi_head_attention),
     ]
-    rules += [(cls, lambda ctx: ctx.barrier()) for cls in _BARRIERS]
     rules += [(cls, operation) for cls in _elementwise_operations()]
     return _application_layers() + rules
 
 
+def keep_whole(ctx: RuleContext) -> list:
+    """Keras' own layers and operations without a rule of their own: channels on both sides stay."""
+    return ctx.barrier()
+
+
 def find_rule(layer, registered: dict) -> Rule | None:
-    """The rule for `layer`: a registered one for its class or a base class first, then Keras' own."""
+    """The rule for `layer`: a registered one for its class or a base class first, then Keras' own.
+
+    Keras' own layers and operations without a channel rule keep their channels whole (always correct,
+    never smaller); a Lambda or a custom layer without a registered rule has none (refused).
+    """
     for cls in type(layer).__mro__:
         if cls in registered:
             return registered[cls]
@@ -770,4 +782,6 @@ def find_rule(layer, registered: dict) -> Rule | None:
     for cls, rule in builtin_rules():
         if isinstance(layer, cls):
             return rule
+    if type(layer).__module__.startswith("keras."):
+        return keep_whole
     return None
