@@ -158,7 +158,12 @@ class RuleContext:
 
     def fresh(self, size: int) -> np.ndarray:
         """New fixed atoms, for outputs whose channels nothing may remove."""
-        return self._atoms.new(int(size), fixed=True)
+        name = f"fixed_{len(self._record.spaces)}"
+        while name in self._record.spaces:
+            name += "_"
+        atoms = self._atoms.new(int(size), fixed=True)
+        self._record.spaces[name] = Space(self.path, name, "fixed", atoms)
+        return atoms
 
     def couple(self, a: np.ndarray, b: np.ndarray) -> None:
         """Channels `a[i]` and `b[i]` are removed together (same length)."""
@@ -213,6 +218,7 @@ class RuleContext:
         """Nothing flows through: inputs fixed, outputs new fixed channels."""
         for atoms in self.inputs:
             self.fix(atoms)
+            self.mark("fixed", atoms)
         return [self.fresh(_last(shape)) for shape in self.output_shapes]
 
 
