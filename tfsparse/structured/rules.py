@@ -500,6 +500,42 @@ def recurrent(ctx: RuleContext) -> list:
     return [units for _ in ctx.output_shapes]
 
 
+def bidirectional(ctx: RuleContext) -> list:
+    """A Bidirectional LSTM, GRU or SimpleRNN: both directions lose the same units."""
+    layer = ctx.layer
+    forward, backward = layer.forward_layer, layer.backward_layer
+    recurrent_types = (L.LSTM, L.GRU, L.SimpleRNN)
+    if (
+        not isinstance(forward, recurrent_types)
+        or type(forward) is not type(backward)
+        or forward.units != backward.units
+        or layer.merge_mode is None
+        or len(ctx.inputs) != 1
+    ):
+        return ctx.barrier()
+    gates = 4 if isinstance(forward, L.LSTM) else 3 if isinstance(forward, L.GRU) else 1
+    inputs = ctx.space("in", ctx.input_shapes[0][-1], "in")
+    ctx.couple(ctx.inputs[0], inputs)
+    units = ctx.space("out", forward.units, "out")
+    blocks = np.tile(units, gates)
+    for direction in (forward, backward):
+        cell = direction.cell
+        ctx.slice(cell.kernel, 0, inputs)
+        ctx.slice(cell.kernel, 1, blocks)
+        ctx.slice(cell.recurrent_kernel, 0, units)
+        ctx.slice(cell.recurrent_kernel, 1, blocks)
+        ctx.slice(getattr(cell, "bias", None), -1, blocks)
+
+    def with_units(kept, old):
+        return {**old, "config": {**old["config"], "units": kept}}
+
+    ctx.edit("layer", units, with_units)
+    if ctx.config("backward_layer") is not None:
+        ctx.edit("backward_layer", units, with_units)
+    output = np.concatenate([units, units]) if layer.merge_mode == "concat" else units
+    return [output] + [units for _ in ctx.output_shapes[1:]]
+
+
 def multi_head_attention(ctx: RuleContext) -> list:
     """Whole heads, each head's key dimension and value dimension; queries set the output width."""
     layer = ctx.layer
@@ -764,6 +800,7 @@ def builtin_rules() -> list:
         (L.GRU, recurrent),
         (L.SimpleRNN, recurrent),
         (L.MultiHeadAttention, multi_head_attention),
+        (L.Bidirectional, bidirectional),
     ]
     rules += [(cls, operation) for cls in _elementwise_operations()]
     return _application_layers() + rules
