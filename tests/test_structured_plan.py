@@ -33,6 +33,8 @@ def test_ratio_zero_leaves_outputs_identical(cnn):
 
 def test_plan_json_round_trip_and_replay_give_identical_models(mlp):
     plan = structured.plan(mlp, ratio=0.25, importance="l1")
+    assert set(plan.reasons) == {g.index for g in structured.DependencyGraph(mlp).groups}
+    assert "l1: lowest 8 of 32 channels" in str(plan)
     again = structured.Plan.from_json(plan.to_json())
     assert again == plan and again.removed == plan.removed
     json.loads(plan.to_json())
@@ -78,6 +80,7 @@ def test_zero_carrying_channels_are_removed_without_changing_outputs():
         ({"ratio": 0.5, "importance": "l3"}, "importance"),
         ({"ratio": {"dense_2": 0.5}, "scope": "global"}, "global"),
         ({"ratio": 0.5, "ignored_layers": ["nope"]}, "nope"),
+        ({"ratio": {"nope": 0.5}}, "nope"),
     ],
 )
 def test_bad_arguments_are_refused_by_name(mlp, arguments, message):
