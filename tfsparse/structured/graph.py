@@ -35,7 +35,7 @@ def register_rule(layer_class: type, rule) -> None:
     Example:
 
     ```python
-    structured.register_rule(MyChannelScale, structured.rules.layer_scale)
+    structured.register_rule(MyChannelScale, structured.rules.channelwise("scale"))
     ```
     """
     if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
@@ -160,6 +160,7 @@ class DependencyGraph:
         self._atoms = Atoms()
         self.layers: dict[str, LayerRecord] = {}
         self._spaces: list[Space] = []
+        self._space_ids: set[int] = set()
         self._traced: dict[int, tuple] = {}
         self._used_ignored: set[str] = set()
         inputs = []
@@ -215,7 +216,7 @@ class DependencyGraph:
         )
         if rule is None:
             if not ignored:
-                kind = "a Lambda layer" if isinstance(layer, keras.layers.Lambda) else "a layer"
+                kind = "a Lambda layer" if isinstance(layer, keras.layers.Lambda) else "an operation"
                 raise ValueError(
                     f"Layer '{path}' is {kind} of type {type(layer).__name__} that structured pruning has "
                     "no rule for, so it cannot tell which of its channels belong together. Pass "
@@ -225,12 +226,14 @@ class DependencyGraph:
             outputs = ctx.barrier()
         else:
             outputs = list(rule(ctx))
+        record.calls += 1
         if len(outputs) != len(node.outputs):
             raise ValueError(
                 f"The rule for layer '{path}' returned {len(outputs)} outputs; the layer has {len(node.outputs)}."
             )
         for space in record.spaces.values():
-            if not any(space is s for s in self._spaces):
+            if id(space) not in self._space_ids:
+                self._space_ids.add(id(space))
                 self._spaces.append(space)
         return outputs
 
@@ -285,11 +288,12 @@ class DependencyGraph:
         for c in order:
             by_root.setdefault(find(c), []).append(c)
         self.groups: list[Group] = []
-        self._group_of_class: dict[int, tuple[int, int]] = {}
+        self._class_group = np.full(len(roots), -1, dtype=np.int64)
+        self._class_position = np.full(len(roots), -1, dtype=np.int64)
         self._class_ids: list[np.ndarray] = []
         for index, classes in enumerate(by_root.values()):
-            for position, c in enumerate(classes):
-                self._group_of_class[c] = (index, position)
+            self._class_group[classes] = index
+            self._class_position[classes] = np.arange(len(classes))
             class_fixed = np.array([fixed[roots[c]] for c in classes], dtype=bool)
             self._class_ids.append(np.array(classes, dtype=np.int64))
             self.groups.append(Group(index, len(classes), [], bool((~class_fixed).any()), class_fixed))
@@ -297,11 +301,8 @@ class DependencyGraph:
 
     def _positions(self, atoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(group, channel) of each atom."""
-        found = [self._group_of_class.get(int(c), (-1, -1)) for c in self._roots[atoms].tolist()]
-        if not found:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        groups, channels = zip(*found)
-        return np.array(groups, dtype=np.int64), np.array(channels, dtype=np.int64)
+        classes = self._roots[np.asarray(atoms, dtype=np.int64)]
+        return self._class_group[classes], self._class_position[classes]
 
     def _add_members(self) -> None:
         seen = set()

@@ -154,9 +154,30 @@ def _rounded_removal(group, wanted: int, round_to: int, max_ratio: float) -> int
     return count
 
 
-def _lowest(scores: np.ndarray, fixed: np.ndarray, count: int) -> list[int]:
-    masked = np.where(fixed, np.inf, scores)
-    return sorted(np.argsort(masked, kind="stable")[:count].tolist())
+_PRODUCERS = ("out", "heads", "key_dim", "value_dim")
+
+
+def _lowest(group, scores: np.ndarray, count: int, max_ratio: float) -> list[int]:
+    """The `count` lowest-scored removable channels, skipping any whose removal would take a producing
+    layer past `max_ratio` of its own channels (a concatenated branch never disappears)."""
+    producers = [m.channels for m in group.members if m.kind in _PRODUCERS]
+    limits = [min(int(math.floor(max_ratio * len(c))), len(c) - 1) for c in producers]
+    taken = [0] * len(producers)
+    uses = {}
+    for i, channels in enumerate(producers):
+        found, counts = np.unique(channels[channels >= 0], return_counts=True)
+        for channel, n in zip(found.tolist(), counts.tolist()):
+            uses.setdefault(channel, []).append((i, n))
+    chosen = []
+    for channel in np.argsort(np.where(group.fixed, np.inf, scores), kind="stable").tolist():
+        if len(chosen) >= count or group.fixed[channel]:
+            break
+        needs = uses.get(channel, [])
+        if all(taken[i] + n <= limits[i] for i, n in needs):
+            for i, n in needs:
+                taken[i] += n
+            chosen.append(channel)
+    return sorted(chosen)
 
 
 def plan(
@@ -208,11 +229,19 @@ def plan_for_graph(
 ) -> Plan:
     """`plan` for an already built `DependencyGraph` of `model` (same arguments)."""
     _check_arguments(ratio, scope, round_to, max_ratio)
+    if isinstance(ratio, dict):
+        unknown = sorted(set(ratio) - set(graph.layers))
+        if unknown:
+            raise ValueError(
+                f"Argument `ratio` names layers that are not in model '{graph.model.name}': {unknown}. "
+                "Use layer names ('model/layer' inside nested models)."
+            )
     scores = importance_module.group_scores(model, graph, importance, data=data, loss=loss)
     name = importance if isinstance(importance, str) else getattr(importance, "__name__", "callable")
     removed, reasons, counts = {}, {}, {}
     for group in graph.groups:
         if not group.prunable:
+            reasons[group.index] = "fixed: tied to a model input or output, or kept whole"
             continue
         if group.index not in scores:
             reasons[group.index] = f"kept: no score ({name} needs a normalization layer in the group)"
@@ -229,7 +258,12 @@ def plan_for_graph(
         if count == 0:
             reasons[group.index] = "kept: ratio rounds to no channel"
             continue
-        removed[group.index] = _lowest(scores[group.index], group.fixed, count)
+        chosen = _lowest(group, scores[group.index], count, max_ratio)
+        if not chosen:
+            reasons[group.index] = "kept: every channel's removal would empty a layer past max_ratio"
+            continue
+        removed[group.index] = chosen
+        count = len(chosen)
         share = count / group.channels
         reasons[group.index] = f"{name}: lowest {count} of {group.channels} channels ({share:.0%})"
     groups = {

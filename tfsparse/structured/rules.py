@@ -57,6 +57,7 @@ class LayerRecord:
     edits: list = field(default_factory=list)  # (key, atoms, transform)
     finishers: list = field(default_factory=list)  # fn(weights, keep) -> weights
     marks: list = field(default_factory=list)  # (kind, atoms): membership without weights
+    calls: int = 0  # calls traced so far
 
 
 class Atoms:
@@ -157,7 +158,12 @@ class RuleContext:
 
     def fresh(self, size: int) -> np.ndarray:
         """New fixed atoms, for outputs whose channels nothing may remove."""
-        return self._atoms.new(int(size), fixed=True)
+        name = f"fixed_{len(self._record.spaces)}"
+        while name in self._record.spaces:
+            name += "_"
+        atoms = self._atoms.new(int(size), fixed=True)
+        self._record.spaces[name] = Space(self.path, name, "fixed", atoms)
+        return atoms
 
     def couple(self, a: np.ndarray, b: np.ndarray) -> None:
         """Channels `a[i]` and `b[i]` are removed together (same length)."""
@@ -179,6 +185,9 @@ class RuleContext:
         for index, weight in enumerate(self.layer.weights):
             if weight is variable:
                 axis = axis % len(weight.shape)
+                if any(s.index == index and s.axis == axis for s in self._record.slices):
+                    return  # a shared layer's later call: its spaces are the same
+
                 if weight.shape[axis] != len(atoms):
                     raise ValueError(
                         f"Layer '{self.path}': weight '{weight.name}' has {weight.shape[axis]} positions "
@@ -190,11 +199,16 @@ class RuleContext:
 
     def edit(self, key: str, atoms: np.ndarray, transform: Callable | None = None) -> None:
         """Config `key` becomes the number of kept `atoms`, or `transform(kept, old value)`."""
-        self._record.edits.append((key, atoms, transform))
+        if all(key != edit[0] for edit in self._record.edits):
+            self._record.edits.append((key, atoms, transform))
 
     def finish(self, fn: Callable) -> None:
-        """`fn(weights, keep)` adjusts the sliced weights (list, layer order); `keep(atoms)` is a mask."""
-        self._record.finishers.append(fn)
+        """`fn(weights, keep)` adjusts the sliced weights (list, layer order); `keep(atoms)` is a mask.
+
+        Only the first call of a shared layer registers it.
+        """
+        if not self._record.calls:
+            self._record.finishers.append(fn)
 
     def mark(self, kind: str, atoms: np.ndarray) -> None:
         """Lists the layer as a member of the groups of `atoms` (for layers without weights)."""
@@ -204,6 +218,7 @@ class RuleContext:
         """Nothing flows through: inputs fixed, outputs new fixed channels."""
         for atoms in self.inputs:
             self.fix(atoms)
+            self.mark("fixed", atoms)
         return [self.fresh(_last(shape)) for shape in self.output_shapes]
 
 
@@ -273,12 +288,17 @@ def convolution(ctx: RuleContext) -> list:
     groups = int(ctx.config("groups", 1) or 1)
     channels = ctx.input_shapes[0][-1]
     filters = layer.filters
-    # A grouped convolution keeps its group count: channel j of every group goes together.
-    inputs = ctx.space("in", channels // groups, "in")
-    ctx.couple(ctx.inputs[0], np.tile(inputs, groups))
-    local = ctx.space("out", filters // groups, "out")
-    outputs = np.tile(local, groups)
-    ctx.slice(layer.kernel, -2, inputs)
+    if groups > 1 and channels == groups:
+        # One input channel per group (depthwise as a grouped convolution): whole groups go.
+        inputs = ctx.space("in", channels, "depthwise")
+        ctx.couple(ctx.inputs[0], inputs)
+        outputs = np.repeat(inputs, filters // groups)
+        ctx.edit("groups", inputs)
+    else:
+        ctx.slice(layer.kernel, -2, ctx.space("in", channels // groups, "in"))
+        # A grouped convolution keeps its group count: channel j of every group goes together.
+        ctx.couple(ctx.inputs[0], np.tile(ctx.space("in", channels // groups, "in"), groups))
+        outputs = np.tile(ctx.space("out", filters // groups, "out"), groups)
     ctx.slice(layer.kernel, -1, outputs)
     ctx.slice(layer.bias, 0, outputs)
     ctx.edit("filters", outputs)
@@ -480,6 +500,42 @@ def recurrent(ctx: RuleContext) -> list:
     return [units for _ in ctx.output_shapes]
 
 
+def bidirectional(ctx: RuleContext) -> list:
+    """A Bidirectional LSTM, GRU or SimpleRNN: both directions lose the same units."""
+    layer = ctx.layer
+    forward, backward = layer.forward_layer, layer.backward_layer
+    recurrent_types = (L.LSTM, L.GRU, L.SimpleRNN)
+    if (
+        not isinstance(forward, recurrent_types)
+        or type(forward) is not type(backward)
+        or forward.units != backward.units
+        or layer.merge_mode is None
+        or len(ctx.inputs) != 1
+    ):
+        return ctx.barrier()
+    gates = 4 if isinstance(forward, L.LSTM) else 3 if isinstance(forward, L.GRU) else 1
+    inputs = ctx.space("in", ctx.input_shapes[0][-1], "in")
+    ctx.couple(ctx.inputs[0], inputs)
+    units = ctx.space("out", forward.units, "out")
+    blocks = np.tile(units, gates)
+    for direction in (forward, backward):
+        cell = direction.cell
+        ctx.slice(cell.kernel, 0, inputs)
+        ctx.slice(cell.kernel, 1, blocks)
+        ctx.slice(cell.recurrent_kernel, 0, units)
+        ctx.slice(cell.recurrent_kernel, 1, blocks)
+        ctx.slice(getattr(cell, "bias", None), -1, blocks)
+
+    def with_units(kept, old):
+        return {**old, "config": {**old["config"], "units": kept}}
+
+    ctx.edit("layer", units, with_units)
+    if ctx.config("backward_layer") is not None:
+        ctx.edit("backward_layer", units, with_units)
+    output = np.concatenate([units, units]) if layer.merge_mode == "concat" else units
+    return [output] + [units for _ in ctx.output_shapes[1:]]
+
+
 def multi_head_attention(ctx: RuleContext) -> list:
     """Whole heads, each head's key dimension and value dimension; queries set the output width."""
     layer = ctx.layer
@@ -540,13 +596,33 @@ def multi_head_attention(ctx: RuleContext) -> list:
     return [outputs] + [ctx.fresh(_last(shape)) for shape in ctx.output_shapes[1:]]
 
 
-def layer_scale(ctx: RuleContext) -> list:
-    """ConvNeXt's LayerScale: one weight per channel."""
-    channels = ctx.space("channels", ctx.input_shapes[0][-1], "norm")
-    ctx.couple(ctx.inputs[0], channels)
-    ctx.slice(ctx.layer.gamma, 0, channels)
-    ctx.edit("projection_dim", channels)
-    return [ctx.inputs[0]]
+def channelwise(*weights: str, config_key: str | None = None) -> Rule:
+    """A rule for layers that act on each channel alone with per-channel weights (a scale, a bias).
+
+    Args:
+        *weights: attribute names of the layer's per-channel weights (last axis = channels).
+        config_key: a config entry that holds the channel count, if any.
+
+    Returns:
+        A rule for `register_rule`.
+
+    Example:
+
+    ```python
+    register_rule(MyChannelScale, channelwise("scale"))
+    ```
+    """
+
+    def rule(ctx: RuleContext) -> list:
+        channels = ctx.space("channels", ctx.input_shapes[0][-1], "norm")
+        ctx.couple(ctx.inputs[0], channels)
+        for name in weights:
+            ctx.slice(getattr(ctx.layer, name), -1, channels)
+        if config_key is not None:
+            ctx.edit(config_key, channels)
+        return [ctx.inputs[0]]
+
+    return rule
 
 
 def _application_layers() -> list:
@@ -558,7 +634,7 @@ def _application_layers() -> list:
     try:
         from keras.src.applications.convnext import LayerScale
 
-        found.append((LayerScale, layer_scale))
+        found.append((LayerScale, channelwise("gamma", config_key="projection_dim")))
     except ImportError:  # pragma: no cover - older or newer Keras layouts
         pass
     try:
@@ -606,10 +682,85 @@ _PASSTHROUGH = (
     L.UpSampling2D,
     L.UpSampling3D,
     L.RepeatVector,
+    L.Resizing,
+    L.CenterCrop,
+    L.RandomFlip,
+    L.RandomRotation,
+    L.RandomZoom,
+    L.RandomTranslation,
+    L.RandomCrop,
 )
 
-# Layers whose channels we do not follow, but which are safe to keep whole.
-_BARRIERS = (L.Normalization, L.EinsumDense, L.TimeDistributed, L.Bidirectional, L.Attention)
+
+def operation(ctx: RuleContext) -> list:
+    """`keras.ops` calls in a functional graph (`x + 3.0`, `ops.relu(x)`): elementwise, like a merge."""
+    constants = [
+        value
+        for value in keras.tree.flatten((ctx.args, ctx.kwargs))
+        if not isinstance(value, (np.ndarray, str, bool, type(None)))
+    ]
+    if any(np.size(value) != 1 for value in constants):
+        return ctx.barrier()  # a constant per channel cannot be sliced
+    return merge(ctx)
+
+
+_ELEMENTWISE_OPS = {
+    "numpy": (
+        "Add",
+        "Subtract",
+        "Multiply",
+        "Divide",
+        "TrueDivide",
+        "Maximum",
+        "Minimum",
+        "Power",
+        "Abs",
+        "Absolute",
+        "Negative",
+        "Square",
+        "Sqrt",
+        "Exp",
+        "Log",
+        "Tanh",
+        "Clip",
+        "Sign",
+        "Reciprocal",
+    ),
+    "nn": (
+        "Relu",
+        "Relu6",
+        "Sigmoid",
+        "HardSigmoid",
+        "Silu",
+        "HardSilu",
+        "Gelu",
+        "Elu",
+        "Selu",
+        "LeakyRelu",
+        "Softplus",
+        "Softsign",
+        "Tanh",
+        "Mish",
+        "Celu",
+    ),
+}
+
+
+def _elementwise_operations() -> tuple:
+    """Classes of the elementwise `keras.ops` (private modules: the functional graph holds their instances).
+
+    This is the one place naming them.
+    """
+    from keras.src.ops import nn, numpy
+
+    modules = {"numpy": numpy, "nn": nn}
+    found = []
+    for module, names in _ELEMENTWISE_OPS.items():
+        for name in names:
+            cls = getattr(modules[module], name, None)
+            if isinstance(cls, type):
+                found.append(cls)
+    return tuple(found)
 
 
 def builtin_rules() -> list:
@@ -649,13 +800,23 @@ def builtin_rules() -> list:
         (L.GRU, recurrent),
         (L.SimpleRNN, recurrent),
         (L.MultiHeadAttention, multi_head_attention),
+        (L.Bidirectional, bidirectional),
     ]
-    rules += [(cls, lambda ctx: ctx.barrier()) for cls in _BARRIERS]
+    rules += [(cls, operation) for cls in _elementwise_operations()]
     return _application_layers() + rules
 
 
+def keep_whole(ctx: RuleContext) -> list:
+    """Keras' own layers and operations without a rule of their own: channels on both sides stay."""
+    return ctx.barrier()
+
+
 def find_rule(layer, registered: dict) -> Rule | None:
-    """The rule for `layer`: a registered one for its class or a base class first, then Keras' own."""
+    """The rule for `layer`: a registered one for its class or a base class first, then Keras' own.
+
+    Keras' own layers and operations without a channel rule keep their channels whole (always correct,
+    never smaller); a Lambda or a custom layer without a registered rule has none (refused).
+    """
     for cls in type(layer).__mro__:
         if cls in registered:
             return registered[cls]
@@ -664,4 +825,6 @@ def find_rule(layer, registered: dict) -> Rule | None:
     for cls, rule in builtin_rules():
         if isinstance(layer, cls):
             return rule
+    if type(layer).__module__.startswith("keras."):
+        return keep_whole
     return None

@@ -63,15 +63,18 @@ def layer_entry(config: dict, path: str) -> dict:
     return entry
 
 
-def _strip_build_configs(entry: dict) -> None:
-    # Layers are built when the rebuilt graph calls them; stale input shapes would refuse new widths.
-    entry.pop("build_config", None)
-    entry.pop("compile_config", None)
-    inner = entry.get("config")
-    if isinstance(inner, dict) and isinstance(inner.get("layers"), list):
-        for child in inner["layers"]:
-            _strip_build_configs(child)
-        inner.pop("build_input_shape", None)
+def _strip_build_configs(entry) -> None:
+    # Layers are built when the rebuilt graph calls them; stale input shapes (also those of layers
+    # serialized inside wrappers such as Bidirectional) would refuse new widths.
+    if isinstance(entry, dict):
+        if "class_name" in entry and "config" in entry:
+            entry.pop("build_config", None)
+            entry.pop("compile_config", None)
+        for value in entry.values():
+            _strip_build_configs(value)
+    elif isinstance(entry, list):
+        for value in entry:
+            _strip_build_configs(value)
 
 
 def leaf_layers(model: keras.Model, prefix: str = "") -> dict:
@@ -99,7 +102,21 @@ def layer_weights(model: keras.Model) -> dict:
     return {path: [np.asarray(w) for w in layer.get_weights()] for path, layer in leaf_layers(model).items()}
 
 
-def rebuild(config: dict, weights: dict) -> keras.Model:
+def custom_objects(model: keras.Model) -> dict:
+    """`{name: class}` of every layer class in `model` (nested ones included), so that a rebuild
+    finds custom layers that are not registered with Keras."""
+    found = {}
+    for layer in model.layers:
+        cls = type(layer)
+        if not cls.__module__.startswith("keras."):  # Keras' own are found by module
+            found[cls.__name__] = cls
+            found[keras.saving.get_registered_name(cls)] = cls
+        if isinstance(layer, keras.Model):
+            found.update(custom_objects(layer))
+    return found
+
+
+def rebuild(config: dict, weights: dict, custom_objects: dict | None = None) -> keras.Model:
     """A new model from an edited `model_config`, with weights set by layer path.
 
     Args:
@@ -107,6 +124,8 @@ def rebuild(config: dict, weights: dict) -> keras.Model:
             inbound nodes rewired). Build configs are dropped, so layers take their new input widths.
         weights: `{path: [numpy arrays]}` for each layer with weights (`layer_weights` of the
             original, with sliced arrays where shapes changed). Layers not listed keep fresh weights.
+        custom_objects: classes of custom layers that are not registered with Keras
+            (`custom_objects(model)` of the original).
 
     Returns:
         An ordinary Keras model; every layer keeps its name.
@@ -124,7 +143,9 @@ def rebuild(config: dict, weights: dict) -> keras.Model:
     """
     config = copy.deepcopy(config)
     _strip_build_configs(config)
-    model = keras.saving.deserialize_keras_object(config)
+    # The config comes from a model already in this process (not a file), so its Lambda layers'
+    # functions are the user's own: safe mode would only refuse them.
+    model = keras.saving.deserialize_keras_object(config, custom_objects=custom_objects, safe_mode=False)
     for path, layer in leaf_layers(model).items():
         if path not in weights:
             continue
