@@ -227,7 +227,23 @@ def plan(
 def plan_for_graph(
     model, graph, ratio=0.5, importance="l2", scope="layer", round_to=1, max_ratio=0.9, data=None, loss=None
 ) -> Plan:
-    """`plan` for an already built `DependencyGraph` of `model` (same arguments)."""
+    """`plan` for an already built `DependencyGraph` of `model`.
+
+    Args:
+        model: the model.
+        graph: `DependencyGraph(model, ignored_layers=...)`.
+        ratio, importance, scope, round_to, max_ratio, data, loss: as in `plan`.
+
+    Returns:
+        A `Plan`.
+
+    Example:
+
+    ```python
+    graph = DependencyGraph(model)
+    p = plan_for_graph(model, graph, ratio=0.3)
+    ```
+    """
     _check_arguments(ratio, scope, round_to, max_ratio)
     if isinstance(ratio, dict):
         unknown = sorted(set(ratio) - set(graph.layers))
