@@ -23,6 +23,8 @@ Methods (default: the first eight):
   (`tfsparse.Distiller`, temperature 2, alpha 0.5);
 - global+lamp, l1+threshold, wanda (one-shot) with `--methods`: LAMP-normalized global magnitude; a
   ramped L1 penalty then `prune_by_threshold`; `prune_oneshot` (sequential Wanda) on 512 inputs.
+- static / rigl / set (scratch), with `--methods`: sparse training from a fresh model with as many steps as the
+  dense run and the pruning and fine-tuning together (see the block of that name below).
 
 Sparsity counts the kernels of every Conv2D and Dense layer (biases are not pruned).
 
@@ -138,6 +140,51 @@ METHODS = {
     "wanda (one-shot)": _wanda_oneshot,
 }
 DEFAULT_METHODS = list(METHODS)[:7]
+
+
+# --- Sparse training from scratch (issue 17): static masks, RigL and SET --------------------------
+# No dense weights: a fresh model (same seed) is pruned at step 0 to the sparsity by magnitude and
+# trained for as many steps as the dense run plus pruning plus fine-tuning take together. "static"
+# keeps its first masks; "rigl" and "set" move 30% of each layer's active weights once an epoch,
+# decayed along a cosine until 75% of the steps (RigL's recipe), RigL growing by gradients on 4
+# training batches per update, SET at random. Layer-wise (uniform) sparsity, and for static and
+# RigL also "(scr, lamp)": scope "global", one LAMP-normalized magnitude threshold at step 0
+# (small layers keep more, much as RigL's ERK distribution does), each layer then keeping its count.
+
+
+def _from_scratch(dense, train, test, sparsity, settings, regrowth=None, **scope):
+    (x, y), (x_test, y_test) = train, test
+    epochs = settings.dense_epochs + settings.pruning_epochs + settings.finetune_epochs
+    steps = epochs * steps_per_epoch(x)
+    keras.utils.set_random_seed(SEED)
+    fresh = keras.models.clone_model(dense)  # same architecture, new initial weights
+    pruned = tfsparse.prune_low_magnitude(
+        fresh,
+        pruning_schedule=tfsparse.ConstantSparsity(sparsity, begin_step=0, frequency=steps_per_epoch(x)),
+        regrowth=None if regrowth is None else tfsparse.Regrowth(regrowth, 0.3, end_step=int(0.75 * steps)),
+        **scope,
+    )
+    compile_model(keras, pruned)
+    callback = tfsparse.UpdatePruningStep(calibration_data=(x, y) if regrowth == "rigl" else None)
+    pruned.fit(x, y, epochs=epochs, batch_size=BATCH_SIZE, verbose=0, callbacks=[callback])
+    accuracy_reached, _ = _finish(pruned, x_test, y_test)
+    # The masks' sparsity: a weight regrown at zero that never received a gradient (SET grows some
+    # onto dead units) is one more zero in the kernel, but still a weight the layer may use.
+    masks = [m for w in mask_updates.collect_wrappers(pruned) for m in w.get_masks() if m.ndim >= 2]
+    return accuracy_reached, sum(int((m == 0).sum()) for m in masks) / sum(m.size for m in masks)
+
+
+GLOBAL = {"scope": "global", "score_normalization": "lamp"}
+METHODS.update(
+    {
+        "static (scratch)": lambda *a: _from_scratch(*a),
+        "rigl (scratch)": lambda *a: _from_scratch(*a, regrowth="rigl"),
+        "set (scratch)": lambda *a: _from_scratch(*a, regrowth="set"),
+        "static (scr, lamp)": lambda *a: _from_scratch(*a, **GLOBAL),
+        "rigl (scr, lamp)": lambda *a: _from_scratch(*a, regrowth="rigl", **GLOBAL),
+    }
+)
+# --- end of sparse training from scratch -----------------------------------------------------------
 
 
 def train_dense(task, settings):

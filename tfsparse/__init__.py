@@ -1,6 +1,6 @@
 """tfsparse: pruning and sparsity for Keras 3 models."""
 
-from tfsparse import analysis, clustering, criteria, export, lowrank, quantization, regularizers
+from tfsparse import analysis, clustering, criteria, export, lowrank, quantization, regularizers, structured
 from tfsparse.allocation import auto_sparsity
 from tfsparse.callbacks import PruningSummaries, UpdatePruningStep
 from tfsparse.distill import Distiller
@@ -8,6 +8,7 @@ from tfsparse.finetune import finetune, prune_and_finetune
 from tfsparse.oneshot import prune_by_threshold, prune_oneshot
 from tfsparse.prune import prune_low_magnitude, strip_pruning
 from tfsparse.registry import PrunableLayer
+from tfsparse.regrowth import Regrowth
 from tfsparse.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
 from tfsparse.sensitivity import SensitivityScan, sensitivity_scan
 from tfsparse.wrapper import PruneLowMagnitude
@@ -22,6 +23,7 @@ __all__ = [
     "PruneLowMagnitude",
     "PruningSchedule",
     "PruningSummaries",
+    "Regrowth",
     "UpdatePruningStep",
     "SensitivityScan",
     "analysis",
@@ -39,4 +41,5 @@ __all__ = [
     "regularizers",
     "sensitivity_scan",
     "strip_pruning",
+    "structured",
 ]

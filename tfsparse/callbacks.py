@@ -25,7 +25,8 @@ class UpdatePruningStep(keras.callbacks.Callback):
 
     Args:
         calibration_data: `(x, y)` arrays or an iterable of `(x, y)` batches, for criteria
-            "taylor" and "wanda" (x alone suffices for "wanda"); None otherwise.
+            "taylor" and "wanda" (x alone suffices for "wanda") and for `regrowth="rigl"`;
+            None otherwise.
         calibration_batches: batches drawn per mask update.
         batch_size: size of the batches drawn from arrays.
         loss: the loss for gradients; defaults to the model's compiled loss.
@@ -80,6 +81,13 @@ class UpdatePruningStep(keras.callbacks.Callback):
             for w in self._wrappers
             if criteria.get(w.criterion).needs_calibration and not self._schedule_ended(w)
         ]
+        regrowing = [w for w in self._wrappers if _regrows_by_gradient(w) and not self._schedule_ended(w)]
+        if self.calibration_data is None and regrowing:
+            raise ValueError(
+                f"Layer '{regrowing[0].name}' regrows weights with RigL, which grows where the loss "
+                "gradient is largest. Pass `tfsparse.UpdatePruningStep(calibration_data=(x, y))` (e.g. "
+                "the training arrays), or use regrowth='set'. Received: calibration_data=None"
+            )
         if self.calibration_data is None:
             if wanting:
                 raise ValueError(
@@ -123,6 +131,10 @@ class UpdatePruningStep(keras.callbacks.Callback):
             mask_updates.reapply_masks([w for w in self._wrappers if w.built])
         for wrapper in self._wrappers:
             wrapper.set_step_driven(False)
+
+
+def _regrows_by_gradient(wrapper) -> bool:
+    return wrapper.regrowth is not None and wrapper.regrowth.needs_gradients
 
 
 class _RequiresStepDriver:

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import keras
 import numpy as np
 
-from tfsparse import criteria, masking
+from tfsparse import criteria, masking, regrowth
 from tfsparse.wrapper import PruneLowMagnitude
 
 _INPUT_AXIS_LAST = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
@@ -201,8 +201,11 @@ def prune_to(wrappers: Iterable[PruneLowMagnitude], sparsity_of, calibration=Non
     due = [(wrapper, sparsity_of(wrapper)) for wrapper in wrappers]
     due = [(wrapper, sparsity) for wrapper, sparsity in due if sparsity is not None]
     inputs = criterion_inputs([wrapper for wrapper, _ in due], calibration)
+    regrowing = _regrowing(due)
+    _regrow([wrapper for wrapper, _ in due if id(wrapper) in regrowing], inputs, calibration)
+    due_now = [(wrapper, sparsity) for wrapper, sparsity in due if id(wrapper) not in regrowing]
     global_groups: dict[str, list[tuple[PruneLowMagnitude, float]]] = {}
-    for wrapper, sparsity in due:
+    for wrapper, sparsity in due_now:
         if wrapper.scope == "global" and wrapper.sparsity_m_by_n is None:
             global_groups.setdefault(_schedule_key(wrapper), []).append((wrapper, sparsity))
         else:
@@ -222,6 +225,37 @@ def prune_to(wrappers: Iterable[PruneLowMagnitude], sparsity_of, calibration=Non
     _warn_about_emptied([wrapper for wrapper, _ in due])
     for wrapper, _ in due:
         _record_references(wrapper)
+
+
+def _regrowing(due: list[tuple[PruneLowMagnitude, float]]) -> set[int]:
+    """Ids of the wrappers that regrow at this update instead of being pruned further: those with a
+    regrowth whose weights (with scope "global", whose group's weights) have reached the sparsity."""
+    moving = [(wrapper, sparsity) for wrapper, sparsity in due if regrowth.moves_now(wrapper)]
+    groups: dict[str, list[PruneLowMagnitude]] = {}
+    found = set()
+    for wrapper, sparsity in moving:
+        if wrapper.scope == "global":
+            groups.setdefault(_schedule_key(wrapper), []).append(wrapper)
+        elif all(regrowth.reached([mask], sparsity) for mask in wrapper.get_masks()):
+            found.add(id(wrapper))
+    sparsities = {id(wrapper): sparsity for wrapper, sparsity in moving}
+    for group in groups.values():
+        if regrowth.reached([m for w in group for m in w.get_masks()], sparsities[id(group[0])]):
+            found.update(id(wrapper) for wrapper in group)
+    return found
+
+
+def _regrow(wrappers: list[PruneLowMagnitude], inputs: dict[int, list[dict]], calibration) -> None:
+    # Layers at their target sparsity with a regrowth move their masks instead of re-pruning them
+    # (see `tfsparse.regrowth`); their zeros stay as many, so they leave the other layers' global
+    # threshold alone.
+    rigl = [w for w in wrappers if w.regrowth.needs_gradients]
+    gradients = dict(zip(map(id, rigl), regrowth.dense_gradients(rigl, calibration)))
+    for wrapper in wrappers:
+        masks = regrowth.regrown_masks(
+            wrapper, _scores(wrapper, inputs[id(wrapper)]), gradients.get(id(wrapper))
+        )
+        regrowth.set_regrown_masks(wrapper, masks)
 
 
 def update_masks(wrappers: Iterable[PruneLowMagnitude], step: int, calibration=None) -> bool:

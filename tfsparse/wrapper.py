@@ -16,6 +16,8 @@ from keras import ops
 
 from tfsparse import criteria, registry, regularizers
 from tfsparse.masking import BLOCK_POOLING_TYPES
+from tfsparse.regrowth import Regrowth
+from tfsparse.regrowth import get as get_regrowth
 from tfsparse.schedules import ConstantSparsity, PruningSchedule
 
 SCOPES = ("layer", "global")
@@ -65,6 +67,17 @@ def _check_m_by_n(sparsity_m_by_n: Sequence[int] | None) -> tuple[int, int] | No
     return m, n
 
 
+def _check_regrowth(value, block_size, sparsity_m_by_n):
+    value = get_regrowth(value)
+    if value is not None and (block_size != (1, 1) or sparsity_m_by_n is not None):
+        raise ValueError(
+            "Argument `regrowth` moves single weights and cannot be combined with `block_size` or "
+            f"`sparsity_m_by_n`. Received: regrowth={value!r}, block_size={block_size}, "
+            f"sparsity_m_by_n={sparsity_m_by_n}"
+        )
+    return value
+
+
 def accepts_argument(function, argument: str) -> bool:
     parameters = inspect.signature(function).parameters
     return argument in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
@@ -96,6 +109,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         min_density: with scope "global", the share of each pruned weight that is always kept,
             in [0, 1]; None (the default) keeps half the group's average density, so that no
             layer is emptied.
+        regrowth: None, "rigl", "set" or a `tfsparse.Regrowth`: once the layer has reached its
+            target sparsity, each mask update drops its weakest active weights and regrows as
+            many (RigL by gradient, needing `UpdatePruningStep(calibration_data=...)`; SET at
+            random). Needs single-weight masks (no `block_size` or `sparsity_m_by_n`).
 
     Example:
 
@@ -117,6 +134,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         regularizer: regularizers.Regularizer | None = None,
         score_normalization: str | None = None,
         min_density: float | None = None,
+        regrowth: Regrowth | str | None = None,
         **kwargs,
     ):
         if not isinstance(layer, keras.layers.Layer):
@@ -166,6 +184,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             )
         if min_density is not None and not 0.0 <= min_density <= 1.0:
             raise ValueError(f"Argument `min_density` must be in [0, 1]. Received: min_density={min_density}")
+        regrowth = _check_regrowth(regrowth, block_size, sparsity_m_by_n)
         kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
         kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **kwargs)
@@ -178,6 +197,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self.regularizer = regularizer
         self.score_normalization = score_normalization
         self.min_density = None if min_density is None else float(min_density)
+        self.regrowth = regrowth
         self._input_observer = None
         self.supports_masking = layer.supports_masking
         self._inner_accepts_training = accepts_argument(layer.call, "training")
@@ -338,6 +358,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 "regularizer": keras.saving.serialize_keras_object(self.regularizer),
                 "score_normalization": self.score_normalization,
                 "min_density": self.min_density,
+                "regrowth": keras.saving.serialize_keras_object(self.regrowth),
             }
         )
         return config
@@ -356,6 +377,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         if config.get("regularizer") is not None:
             config["regularizer"] = keras.saving.deserialize_keras_object(
                 config["regularizer"], custom_objects=custom_objects
+            )
+        if config.get("regrowth") is not None:
+            config["regrowth"] = keras.saving.deserialize_keras_object(
+                config["regrowth"], custom_objects=custom_objects
             )
         layer = config.pop("layer")
         return cls(layer, **config)
