@@ -253,7 +253,7 @@ def _regrow(wrappers: list[PruneLowMagnitude], inputs: dict[int, list[dict]], ca
     gradients = dict(zip(map(id, rigl), regrowth.dense_gradients(rigl, calibration)))
     for wrapper in wrappers:
         masks = regrowth.regrown_masks(
-            wrapper, _scores(wrapper, inputs[id(wrapper)]), gradients.get(id(wrapper))
+            wrapper, layer_scores(wrapper, inputs[id(wrapper)]), gradients.get(id(wrapper))
         )
         regrowth.set_regrown_masks(wrapper, masks)
 
