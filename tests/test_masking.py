@@ -91,3 +91,28 @@ def test_sparsity_mask_equals_a_stable_sort_reference_with_many_equal_scores():
         reference = np.ones(5000, dtype=np.float32)
         reference[np.argsort(scores, kind="stable")[: round(sparsity * 5000)]] = 0.0
         np.testing.assert_array_equal(masking.sparsity_mask(scores, sparsity), reference)
+
+
+@pytest.mark.parametrize(
+    "make_mask",
+    [
+        lambda s: masking.sparsity_mask(s, 0.5),
+        lambda s: masking.block_mask(s, 0.5, (2, 2)),
+        lambda s: masking.m_by_n_mask(s, 2, 4),
+        lambda s: masking.global_masks([s, np.ones(3)], 0.5),
+    ],
+    ids=["layer", "block", "m_by_n", "global"],
+)
+def test_nan_scores_raise_value_error_instead_of_an_index_error(make_mask):
+    scores = np.arange(16.0).reshape(4, 4)
+    scores[1, 2] = np.nan
+    with pytest.raises(ValueError, match="1 NaN value"):
+        make_mask(scores)
+
+
+def test_infinite_scores_are_ranked_like_any_other():
+    scores = np.array([np.inf, 1.0, -np.inf, 2.0, np.inf, 0.5])
+    np.testing.assert_array_equal(masking.sparsity_mask(scores, 0.5), [1, 0, 0, 1, 1, 0])
+    # A block of one pruned (-inf) and one huge (+inf) weight pools to -inf, not NaN.
+    mixed = np.array([[-np.inf, np.inf, 3.0, 4.0]])
+    np.testing.assert_array_equal(masking.block_mask(mixed, 0.5, (1, 2)), [[0, 0, 1, 1]])
