@@ -107,3 +107,16 @@ def test_a_shared_layer_counts_training_steps_not_calls_also_across_save_and_res
     for wrapper in wrappers.values():
         mask = wrapper.get_masks()[0]
         assert float((mask == 0).mean()) == round(expected * mask.size) / mask.size
+
+
+def test_loading_a_pruned_model_without_tfsparse_says_import_tfsparse(tmp_path, monkeypatch):
+    # Keras imports classes only from its own packages, so no registration can make this load;
+    # the error must at least say what to do. Unregistering stands in for a fresh process.
+    pruned = tfsparse.prune_low_magnitude(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+    pruned.save(tmp_path / "pruned.keras")
+    monkeypatch.delitem(keras.saving.get_custom_objects(), "tfsparse>PruneLowMagnitude")
+    with pytest.raises(TypeError) as raised:
+        keras.saving.load_model(tmp_path / "pruned.keras")
+    message = str(raised.value)
+    cause = message[message.index("Could not locate class 'PruneLowMagnitude'") :]
+    assert "run `import tfsparse` before keras.saving.load_model" in cause[:500]

@@ -20,6 +20,7 @@ from tfsparse.masking import BLOCK_POOLING_TYPES
 from tfsparse.schedules import ConstantSparsity, PruningSchedule
 
 SCOPES = ("layer", "global")
+LOAD_NOTE = "saved by tfsparse: run `import tfsparse` before keras.saving.load_model"
 SCORE_NORMALIZATIONS = (None, "lamp")
 
 
@@ -353,7 +354,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     # -- serialization ---------------------------------------------------------------------------
 
     def get_config(self) -> dict:
-        config = super().get_config()
+        # Keras imports only its own packages' classes when loading, so a model saved with this
+        # layer loads only after `import tfsparse`; the note is first in the config that Keras
+        # prints when the class is missing, to say so.
+        config = {"note": LOAD_NOTE, **super().get_config()}
         config.update(
             {
                 "pruning_schedule": keras.saving.serialize_keras_object(self.pruning_schedule),
@@ -372,6 +376,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     @classmethod
     def from_config(cls, config: dict, custom_objects=None):
         config = dict(config)
+        config.pop("note", None)
         # The inner layer's serialized form carries its build shapes, so it comes back built,
         # also for layers called on several inputs (MultiHeadAttention).
         config["layer"] = keras.saving.deserialize_keras_object(
