@@ -7,6 +7,8 @@ import sys
 import keras
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tfsparse
 from tfsparse.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
@@ -214,3 +216,74 @@ def test_polynomial_decay_with_end_equal_to_begin_prunes_once_during_fit(mlp, ta
 def test_schedule_arguments_of_the_wrong_type_raise_value_error_naming_them(make, argument, value):
     with pytest.raises(ValueError, match=f"`{argument}`.*Received: {argument}={value!r}"):
         make(value)
+
+
+# -- properties over generated arguments (Hypothesis) ----------------------------------------------
+
+
+PROPERTY_SETTINGS = settings(max_examples=80, deadline=None)
+_SPARSITIES = st.floats(0.0, 1.0, exclude_max=True).filter(lambda value: np.float32(value) < 1.0)
+_STEPS = st.lists(st.integers(0, 5000), min_size=1, max_size=30)
+
+
+@st.composite
+def _valid_schedules(draw):
+    begin = draw(st.integers(0, 1000))
+    frequency = draw(st.integers(1, 200))
+    if draw(st.booleans()):
+        end = draw(st.one_of(st.just(-1), st.integers(begin, begin + 2000)))
+        return ConstantSparsity(draw(_SPARSITIES), begin, end, frequency)
+    end = draw(st.integers(begin, begin + 2000))
+    power = draw(st.one_of(st.integers(0, 6), st.floats(0.0, 10.0)))
+    return PolynomialDecay(draw(_SPARSITIES), draw(_SPARSITIES), begin, end, power, frequency)
+
+
+@PROPERTY_SETTINGS
+@given(_valid_schedules(), _STEPS)
+def test_valid_schedules_give_sparsity_in_0_1_and_prune_on_their_frequency(schedule, steps):
+    for step in sorted(steps):
+        should_prune, sparsity = schedule(step)
+        assert 0.0 <= sparsity < 1.0
+        in_range = step >= schedule.begin_step and (schedule.end_step == -1 or step <= schedule.end_step)
+        assert should_prune == (in_range and (step - schedule.begin_step) % schedule.frequency == 0)
+    if isinstance(schedule, PolynomialDecay):
+        values = [schedule(step)[1] for step in sorted(steps)]
+        rising = schedule.final_sparsity >= schedule.initial_sparsity
+        pairs = list(zip(values, values[1:]))
+        assert all(b >= a for a, b in pairs) if rising else all(b <= a for a, b in pairs)
+
+
+_BAD_VALUES = {
+    "begin_step": [-1, 2.5, "0", None, True, float("nan")],
+    "end_step": [-2, 1.5, "10", None],
+    "frequency": [0, -3, 2.5, "1", None, False],
+    "target_sparsity": [1.0, -0.1, 1.5, float("nan"), "0.5", None, 1 - 1e-9],
+    "initial_sparsity": [1.0, -0.5, float("nan"), "0", None],
+    "final_sparsity": [1.0, 2.0, float("inf"), "0.9", None],
+    "power": [-1, float("nan"), float("inf"), "3", None],
+}
+
+
+@st.composite
+def _invalid_arguments(draw):
+    if draw(st.booleans()):
+        schedule_class = ConstantSparsity
+        arguments = dict(target_sparsity=0.5, begin_step=10, end_step=100, frequency=5)
+    else:
+        schedule_class = PolynomialDecay
+        arguments = dict(
+            initial_sparsity=0.1, final_sparsity=0.8, begin_step=10, end_step=100, power=3, frequency=5
+        )
+    name = draw(st.sampled_from([name for name in arguments if name in _BAD_VALUES]))
+    arguments[name] = draw(st.sampled_from(_BAD_VALUES[name]))
+    if name == "end_step" and arguments[name] == -2 and draw(st.booleans()):
+        arguments["end_step"] = 5  # before begin_step
+    return schedule_class, arguments
+
+
+@PROPERTY_SETTINGS
+@given(_invalid_arguments())
+def test_any_invalid_schedule_argument_raises_value_error(case):
+    schedule_class, arguments = case
+    with pytest.raises(ValueError, match="Argument `"):
+        schedule_class(**arguments)
