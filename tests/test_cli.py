@@ -10,6 +10,8 @@ import keras
 import numpy as np
 import pytest
 from conftest import make_cnn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import tfsparse
 from tfsparse import _files, analysis, cli, demo
@@ -362,3 +364,78 @@ def test_ctrl_c_while_the_command_is_still_importing_is_one_line(tmp_path):
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert stderr.strip().splitlines() == ["tfsparse: interrupted"]
+
+
+# -- arbitrary argument strings (Hypothesis) -------------------------------------------------------
+
+CLI_PROPERTY_SETTINGS = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+_SPARSITY_TEXT = st.one_of(
+    st.text(max_size=10),
+    st.floats().map(repr),
+    st.sampled_from(["0.5", "0", "0.99999999", "1", "-0", "nan", "inf", "1e-400", " 0.3 ", "0x1"]),
+)
+_M_BY_N_TEXT = st.one_of(
+    st.text(max_size=8),
+    st.tuples(st.integers(-2, 9), st.integers(-2, 9)).map(lambda pair: f"{pair[0]}:{pair[1]}"),
+    st.sampled_from(["2:4", "1:99999999999999999999", "2:4:8", ":", "2:"]),
+)
+
+
+def _one_line_usage_error_or_success(status, stdout, stderr, command):
+    if status == 0:
+        assert stdout and not any("error" in line for line in stderr), stderr
+        return True
+    assert status == 2, (status, stderr)
+    assert len(stderr) == 1 and stderr[0].startswith(f"tfsparse {command}: error: "), stderr
+    return False
+
+
+@CLI_PROPERTY_SETTINGS
+@given(st.one_of(st.none(), _SPARSITY_TEXT), st.one_of(st.none(), _M_BY_N_TEXT))
+def test_any_sparsity_and_m_by_n_text_is_a_one_line_usage_error_or_a_valid_run(
+    files, capfd, sparsity, m_by_n
+):
+    capfd.readouterr()
+    output = files / "property.keras"
+    args = ["prune", files / "tiny.keras", "-o", output, "--force"]
+    args += [] if sparsity is None else [f"--sparsity={sparsity}"]
+    args += [] if m_by_n is None else [f"--m-by-n={m_by_n}"]
+    status, stdout, stderr = _main(capfd, *args)
+    if _one_line_usage_error_or_success(status, stdout, stderr, "prune"):
+        kernels = [
+            keras.ops.convert_to_numpy(w)
+            for w in keras.saving.load_model(output).weights
+            if len(w.shape) >= 2
+        ]
+        if m_by_n is None:  # every kernel at exactly the sparsity asked for
+            assert [int((k == 0).sum()) for k in kernels] == [
+                round(float(sparsity) * k.size) for k in kernels
+            ]
+        else:
+            m = int(m_by_n.split(":")[0])
+            assert all((k == 0).any() for k in kernels if k.shape[-2] > m)
+        output.unlink()
+    else:
+        assert not output.exists()
+
+
+@CLI_PROPERTY_SETTINGS
+@given(
+    st.one_of(
+        st.text(max_size=10),
+        st.sampled_from(["dynamic", "float16", "int8", "INT8", "Dynamic", "", " float16"]),
+    )
+)
+def test_any_quantize_text_is_a_one_line_usage_error_or_a_valid_export(files, capfd, quantize):
+    capfd.readouterr()
+    output = files / "property.tflite"
+    status, stdout, stderr = _main(
+        capfd, "export", files / "tiny.keras", "-o", output, "--force", f"--quantize={quantize}"
+    )
+    if _one_line_usage_error_or_success(status, stdout, stderr, "export"):
+        assert quantize in ("dynamic", "float16") and output.stat().st_size > 0
+        output.unlink()
+    else:
+        assert not output.exists()
