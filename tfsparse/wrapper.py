@@ -20,8 +20,9 @@ from tfsparse.masking import BLOCK_POOLING_TYPES
 from tfsparse.schedules import ConstantSparsity, PruningSchedule
 
 SCOPES = ("layer", "global")
-LOAD_NOTE = "saved by tfsparse: run `import tfsparse` before keras.saving.load_model"
 SCORE_NORMALIZATIONS = (None, "lamp")
+# First in every saved wrapper's config, which Keras prints when it cannot find the class.
+LOAD_NOTE = "saved by tfsparse: run `import tfsparse` before keras.saving.load_model"
 
 
 def no_step_driver_message(name: str) -> str:
