@@ -10,6 +10,15 @@ import sys
 
 
 def main() -> int:
+    try:
+        return _import_and_run()
+    except KeyboardInterrupt:
+        # Ctrl-C while Keras and TensorFlow are still importing: one line, as for any other error.
+        print("tfsparse: interrupted", file=sys.stderr)
+        return 130
+
+
+def _import_and_run() -> int:
     if "--verbose" in sys.argv[1:]:
         from tfsparse import cli
     else:

@@ -10,6 +10,8 @@ import keras
 import numpy as np
 import pytest
 from conftest import make_cnn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import tfsparse
 from tfsparse import _files, analysis, cli, demo
@@ -265,3 +267,175 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path):
+    """A folder that refuses new files: read-only permissions, or /sys when running as root."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read_only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    try:
+        _files.check_writable_folder("/sys/probe.keras")
+    except ValueError:
+        yield __import__("pathlib").Path("/sys")
+    else:
+        pytest.skip("no folder that refuses root's writes")
+
+
+def test_an_unwritable_output_folder_fails_before_loading_naming_the_output(
+    files, unwritable_folder, capfd, monkeypatch
+):
+    monkeypatch.chdir(files)
+    loaded = []
+    monkeypatch.setattr(_files, "load_model", lambda path: loaded.append(path))
+    output = unwritable_folder / "pruned.keras"
+    status, stdout, stderr = _main(capfd, "prune", "tiny.keras", "--sparsity", "0.5", "-o", output)
+    assert status == 1 and not loaded
+    assert stderr == [
+        f"tfsparse prune: error: {output}: cannot write in the folder {unwritable_folder} (Permission denied); "
+        "choose another output path."
+    ]
+    with pytest.raises(ValueError, match=f"{unwritable_folder / 'm.tflite'}: cannot write in the folder"):
+        tfsparse.export.to_tflite(make_cnn(), str(unwritable_folder / "m.tflite"))
+
+
+def test_a_failed_write_names_the_output_not_the_hidden_temporary_file(tmp_path):
+    def fails(temporary):
+        raise PermissionError(13, "Permission denied", temporary)
+
+    with pytest.raises(OSError, match=r"^\S+model.keras could not be written: Permission denied$"):
+        _files.write_atomically(str(tmp_path / "model.keras"), fails)
+    assert os.listdir(tmp_path) == []
+
+
+def test_temporaries_of_a_killed_run_are_removed_by_the_next_one(tmp_path):
+    # What SIGKILL left: a hidden file beside the output, and an export folder in the temp directory.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(dead.stdout)
+    stray = tmp_path / f".model.keras.{dead_pid}.abc123.tmp.keras"
+    stray.write_bytes(b"half a model")
+    live = tmp_path / f".model.keras.{os.getppid()}.def456.tmp.keras"  # a run still writing
+    live.write_bytes(b"in progress")
+    stray_folder = tmp_path / f"tfsparse-export-{dead_pid}.xyz"
+    stray_folder.mkdir()
+    (stray_folder / "saved_model.pb").write_bytes(b"...")
+    _files.write_atomically(
+        str(tmp_path / "model.keras"), lambda temporary: open(temporary, "wb").write(b"new")
+    )
+    assert not stray.exists() and live.exists()
+    assert _files.remove_stale_temporaries(str(tmp_path), "tfsparse-export-") == [str(stray_folder)]
+    assert sorted(os.listdir(tmp_path)) == [live.name, "model.keras"]
+
+
+def test_prune_of_a_model_with_nan_weights_names_the_layer_and_weight(tmp_path, capfd):
+    model = make_cnn()
+    dense = model.layers[-1]
+    kernel, bias = dense.get_weights()
+    kernel[:2, 0] = np.nan
+    dense.set_weights([kernel, bias])
+    model.save(tmp_path / "diverged.keras")
+    status, stdout, stderr = _main(
+        capfd, "prune", tmp_path / "diverged.keras", "--sparsity", "0.5", "-o", tmp_path / "out.keras"
+    )
+    assert status == 1 and len(stderr) == 1, stderr
+    assert f"Layer 'prune_low_magnitude_{dense.name}' weight 'kernel' has 2 NaN values" in stderr[0]
+    assert "unexpected" not in stderr[0] and not (tmp_path / "out.keras").exists()
+
+
+def test_ctrl_c_while_the_command_is_still_importing_is_one_line(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tfsparse_launcher", "inspect", "missing.keras"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+    )
+    # Python is up well within a second; importing TensorFlow takes seconds more.
+    __import__("time").sleep(1.0)
+    process.send_signal(__import__("signal").SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["tfsparse: interrupted"]
+
+
+# -- arbitrary argument strings (Hypothesis) -------------------------------------------------------
+
+CLI_PROPERTY_SETTINGS = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+_SPARSITY_TEXT = st.one_of(
+    st.text(max_size=10),
+    st.floats().map(repr),
+    st.sampled_from(["0.5", "0", "0.99999999", "1", "-0", "nan", "inf", "1e-400", " 0.3 ", "0x1"]),
+)
+_M_BY_N_TEXT = st.one_of(
+    st.text(max_size=8),
+    st.tuples(st.integers(-2, 9), st.integers(-2, 9)).map(lambda pair: f"{pair[0]}:{pair[1]}"),
+    st.sampled_from(["2:4", "1:99999999999999999999", "2:4:8", ":", "2:"]),
+)
+
+
+def _one_line_usage_error_or_success(status, stdout, stderr, command):
+    if status == 0:
+        assert stdout and not any("error" in line for line in stderr), stderr
+        return True
+    assert status == 2, (status, stderr)
+    assert len(stderr) == 1 and stderr[0].startswith(f"tfsparse {command}: error: "), stderr
+    return False
+
+
+@CLI_PROPERTY_SETTINGS
+@given(st.one_of(st.none(), _SPARSITY_TEXT), st.one_of(st.none(), _M_BY_N_TEXT))
+def test_any_sparsity_and_m_by_n_text_is_a_one_line_usage_error_or_a_valid_run(
+    files, capfd, sparsity, m_by_n
+):
+    capfd.readouterr()
+    output = files / "property.keras"
+    args = ["prune", files / "tiny.keras", "-o", output, "--force"]
+    args += [] if sparsity is None else [f"--sparsity={sparsity}"]
+    args += [] if m_by_n is None else [f"--m-by-n={m_by_n}"]
+    status, stdout, stderr = _main(capfd, *args)
+    if _one_line_usage_error_or_success(status, stdout, stderr, "prune"):
+        kernels = [
+            keras.ops.convert_to_numpy(w)
+            for w in keras.saving.load_model(output).weights
+            if len(w.shape) >= 2
+        ]
+        if m_by_n is None:  # every kernel at exactly the sparsity asked for
+            assert [int((k == 0).sum()) for k in kernels] == [
+                round(float(sparsity) * k.size) for k in kernels
+            ]
+        else:
+            m = int(m_by_n.split(":")[0])
+            assert all((k == 0).any() for k in kernels if k.shape[-2] > m)
+        output.unlink()
+    else:
+        assert not output.exists()
+
+
+@CLI_PROPERTY_SETTINGS
+@given(
+    st.one_of(
+        st.text(max_size=10),
+        st.sampled_from(["dynamic", "float16", "int8", "INT8", "Dynamic", "", " float16"]),
+    )
+)
+def test_any_quantize_text_is_a_one_line_usage_error_or_a_valid_export(files, capfd, quantize):
+    capfd.readouterr()
+    output = files / "property.tflite"
+    status, stdout, stderr = _main(
+        capfd, "export", files / "tiny.keras", "-o", output, "--force", f"--quantize={quantize}"
+    )
+    if _one_line_usage_error_or_success(status, stdout, stderr, "export"):
+        assert quantize in ("dynamic", "float16") and output.stat().st_size > 0
+        output.unlink()
+    else:
+        assert not output.exists()

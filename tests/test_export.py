@@ -354,3 +354,26 @@ def test_weight_the_converter_cannot_encode_falls_back_to_the_dense_file_with_a_
     assert "DENSIFY" not in _op_names(flatbuffer)
     report = export.verify_tflite(flatbuffer, model, inputs, runs=3)
     assert report.fully_delegated and report.within_tolerance
+
+
+def test_nan_weights_or_inputs_are_refused_naming_where_the_nan_is(tmp_path):
+    # Both used to end in "differs ... by up to nan, more than the tolerance nan".
+    model = make_mlp()
+    x = np.random.default_rng(0).normal(size=(8, 16)).astype("float32")
+    x[5, 3] = np.nan
+    with pytest.raises(
+        ValueError, match=r"`representative_data` holds 1 NaN and 0 infinite values \(first in sample 5\)"
+    ):
+        export.to_tflite(model, representative_data=x)
+    dense = model.layers[1]
+    kernel, bias = dense.get_weights()
+    kernel[0, 0] = np.inf
+    kernel[1, :2] = np.nan
+    dense.set_weights([kernel, bias])
+    with pytest.raises(
+        ValueError, match=f"weight '\\S*{dense.name}/kernel' has 2 NaN and 1 infinite values.*diverged"
+    ):
+        export.to_tflite(model, str(tmp_path / "m.tflite"))
+    with pytest.raises(ValueError, match="has 2 NaN and 1 infinite values"):
+        export.to_saved_model(model, str(tmp_path / "saved"))
+    assert os.listdir(tmp_path) == []

@@ -82,3 +82,40 @@ def test_a_setting_that_empties_a_layer_is_warned_about_by_name():
     wrappers = mask_updates.collect_wrappers(pruned)
     with pytest.warns(UserWarning, match=f"Layer '{wrappers[1].name}' has every weight .* min_density"):
         mask_updates.update_masks(wrappers, 0)
+def _nan_kernel_mlp():
+    model = make_mlp()
+    kernel, bias = model.layers[1].get_weights()
+    kernel[0, :3] = np.nan
+    model.layers[1].set_weights([kernel, bias])
+    return model
+
+
+NAN_WEIGHT_MESSAGE = r"Layer 'prune_low_magnitude_dense_\d+' weight 'kernel' has 3 NaN values.*diverged"
+
+
+def test_nan_weights_during_fit_are_refused_naming_the_layer_and_weight(tabular):
+    x, y = tabular
+    pruned = tfsparse.prune_low_magnitude(
+        _nan_kernel_mlp(), pruning_schedule=tfsparse.ConstantSparsity(0.5, 0, frequency=1)
+    )
+    pruned.compile("sgd", "sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match=NAN_WEIGHT_MESSAGE):
+        pruned.fit(x[:16], y[:16], batch_size=8, verbose=0, callbacks=[tfsparse.UpdatePruningStep()])
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_nan_weights_in_one_shot_pruning_are_refused_naming_the_layer_and_weight(scope):
+    with pytest.raises(ValueError, match=NAN_WEIGHT_MESSAGE):
+        tfsparse.prune_oneshot(_nan_kernel_mlp(), 0.5, criterion="magnitude", scope=scope)
+
+
+def test_nan_scores_from_finite_weights_blame_the_calibration_data():
+    # NaN inputs are refused where the data enter; here a batch iterable hides one NaN batch.
+    x = np.random.default_rng(0).normal(size=(4, 8, 16)).astype("float32")
+    x[1, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"batch 1\).*1 NaN input values"):
+        tfsparse.prune_oneshot(make_mlp(), 0.5, list(x), criterion="wanda")
+    # Scores that turn NaN although the weights are finite (here: NaN input norms) name the criterion.
+    wrapper = mask_updates.collect_wrappers(tfsparse.prune_low_magnitude(make_mlp(), criterion="wanda"))[0]
+    with pytest.raises(ValueError, match=r"weight 'kernel' got 512 NaN scores from criterion 'wanda'"):
+        mask_updates.layer_scores(wrapper, [{"input_norm": np.full((16, 1), np.nan, "float32")}])

@@ -69,3 +69,47 @@ def test_unknown_layer_with_weights_is_refused_with_the_fix_in_the_message():
     layer.build((None, 4))
     with pytest.raises(ValueError, match="mystery.*PrunableLayer"):
         registry.is_prunable(layer)
+    with pytest.raises(ValueError, match="mystery.*PrunableLayer"):
+        tfsparse.PruneLowMagnitude(layer)  # asked for by name: refused, not skipped
+
+
+class VectorOnly(keras.layers.Layer):
+    """Like ConvNeXt's LayerScale: one learned scale per channel, nothing to prune."""
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(shape=(input_shape[-1],), name="gamma")
+
+    def call(self, x):
+        return x * self.gamma
+
+
+def _model_with(custom_layer):
+    inputs = keras.Input((4,))
+    x = custom_layer(keras.layers.Dense(4, name="first")(inputs))
+    return keras.Model(inputs, keras.layers.Dense(2, name="last")(x))
+
+
+def test_a_layer_whose_weights_are_all_vectors_passes_through_unwrapped_without_warning(recwarn):
+    pruned = tfsparse.prune_low_magnitude(_model_with(VectorOnly(name="scale")))
+    assert [type(layer).__name__ for layer in pruned.layers[1:]] == [
+        "PruneLowMagnitude",
+        "VectorOnly",
+        "PruneLowMagnitude",
+    ]
+    assert not [w for w in recwarn if "tfsparse" in str(w.message) or "prune" in str(w.message)]
+
+
+def test_an_unknown_layer_with_matrices_is_left_unpruned_with_one_warning_naming_it():
+    with pytest.warns(UserWarning) as caught:
+        pruned = tfsparse.prune_low_magnitude(_model_with(CustomWithWeights(name="mystery")))
+    messages = [str(w.message) for w in caught if "does not know" in str(w.message)]
+    assert len(messages) == 1
+    assert "'mystery' of type CustomWithWeights" in messages[0] and "PrunableLayer" in messages[0]
+    assert "strict=True" in messages[0]
+    assert type(pruned.get_layer("mystery")) is CustomWithWeights
+    assert isinstance(pruned.get_layer("prune_low_magnitude_last"), tfsparse.PruneLowMagnitude)
+
+
+def test_strict_restores_the_error_for_an_unknown_layer_with_matrices():
+    with pytest.raises(ValueError, match="'mystery' of type CustomWithWeights.*PrunableLayer"):
+        tfsparse.prune_low_magnitude(_model_with(CustomWithWeights(name="mystery")), strict=True)

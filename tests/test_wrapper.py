@@ -73,3 +73,50 @@ def test_wrapping_a_layer_without_prunable_weights_is_refused():
         PruneLowMagnitude("dense")
     with pytest.raises(ValueError, match="`scope` must be one of"):
         PruneLowMagnitude(keras.layers.Dense(2), scope="model")
+
+
+def _shared_layer_model():
+    shared = keras.layers.Dense(8, name="shared")
+    first, second = keras.Input((4,)), keras.Input((4,))
+    merged = keras.layers.Concatenate()([shared(first), shared(second)])
+    return keras.Model([first, second], keras.layers.Dense(2, name="head")(merged))
+
+
+def test_a_shared_layer_counts_training_steps_not_calls_also_across_save_and_resume(tmp_path):
+    # Counting calls advanced the shared layer twice per step, and with it every layer's schedule:
+    # 16 steps of this schedule reached 0.78 instead of 0.69.
+    schedule = tfsparse.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=32, frequency=1)
+    pruned = tfsparse.prune_low_magnitude(_shared_layer_model(), pruning_schedule=schedule)
+    pruned.compile("sgd", "mse")
+    x = np.random.default_rng(0).random((8, 4)).astype("float32")
+    y = np.zeros((8, 2), "float32")
+    fit = dict(batch_size=1, verbose=0, callbacks=[tfsparse.UpdatePruningStep()])
+    pruned.fit([x, x], y, **fit)
+    path = tmp_path / "shared.keras"
+    pruned.save(path)
+    resumed = keras.saving.load_model(path)
+    resumed.fit([x, x], y, **fit)
+    wrappers = {
+        layer.name: layer for layer in resumed.layers if isinstance(layer, tfsparse.PruneLowMagnitude)
+    }
+    assert {name: wrapper.get_pruning_step() for name, wrapper in wrappers.items()} == {
+        "prune_low_magnitude_shared": 16,
+        "prune_low_magnitude_head": 16,
+    }
+    expected = schedule(15)[1]  # the last mask update ran at step 15
+    for wrapper in wrappers.values():
+        mask = wrapper.get_masks()[0]
+        assert float((mask == 0).mean()) == round(expected * mask.size) / mask.size
+
+
+def test_loading_a_pruned_model_without_tfsparse_says_import_tfsparse(tmp_path, monkeypatch):
+    # Keras imports classes only from its own packages, so no registration can make this load;
+    # the error must at least say what to do. Unregistering stands in for a fresh process.
+    pruned = tfsparse.prune_low_magnitude(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+    pruned.save(tmp_path / "pruned.keras")
+    monkeypatch.delitem(keras.saving.get_custom_objects(), "tfsparse>PruneLowMagnitude")
+    with pytest.raises(TypeError) as raised:
+        keras.saving.load_model(tmp_path / "pruned.keras")
+    message = str(raised.value)
+    cause = message[message.index("Could not locate class 'PruneLowMagnitude'") :]
+    assert "run `import tfsparse` before keras.saving.load_model" in cause[:500]

@@ -5,7 +5,9 @@ Every failure is a `ValueError` whose message is one sentence a user can act on.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -66,7 +68,11 @@ def load_model(path: str) -> keras.Model:
 
 
 def check_output_file(path: str, force: bool, suffixes: tuple[str, ...]) -> str:
-    """`path` if it can be written: right suffix, existing folder, and not there yet unless `force`."""
+    """`path` if it can be written: right suffix, existing writable folder, not there yet unless `force`.
+
+    Checked before any slow work (loading, pruning, converting), so that a bad output path fails
+    at once.
+    """
     if not path.lower().endswith(suffixes):
         raise ValueError(f"{path}: the output must end in {' or '.join(suffixes)}.")
     folder = os.path.dirname(os.path.abspath(path))
@@ -76,13 +82,89 @@ def check_output_file(path: str, force: bool, suffixes: tuple[str, ...]) -> str:
         raise ValueError(f"{path} is a folder; give a file name.")
     if os.path.lexists(path) and not force:
         raise ValueError(f"{path} exists; pass --force to replace it.")
+    check_writable_folder(path)
     return path
+
+
+def check_writable_folder(path: str) -> None:
+    """Refuses `path` when its folder does not take new files (permissions, read-only disk, quota).
+
+    A probe file is created and removed: `os.access` says yes to root on a read-only mount.
+
+    Example:
+
+    ```python
+    check_writable_folder("/usr/pruned.keras")  # ValueError: ... cannot write in the folder /usr ...
+    ```
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".tfsparse-probe.")
+    except OSError as error:
+        raise ValueError(
+            f"{path}: cannot write in the folder {folder} ({error.strerror or error}); choose another output path."
+        ) from None
+    os.close(handle)
+    os.remove(probe)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process: alive
+    return True
+
+
+def remove_stale_temporaries(folder: str, prefix: str, suffix: str = "") -> list[str]:
+    """Removes temporaries named `<prefix><pid>.<anything><suffix>` whose process has ended.
+
+    Temporary files and folders carry the id of the process that made them; one killed before it
+    could clean up (SIGKILL, power loss) leaves them behind, and the next run removes them.
+    Those of live processes are left alone.
+
+    Args:
+        folder: where to look.
+        prefix: the name's start, up to the process id.
+        suffix: the name's end.
+
+    Returns:
+        The paths removed.
+
+    Example:
+
+    ```python
+    remove_stale_temporaries(".", ".pruned.keras.", ".tmp.keras")
+    ```
+    """
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(suffix)):
+            continue
+        pid = name[len(prefix) :].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _process_alive(int(pid)):
+            continue
+        full = os.path.join(folder, name)
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.remove(full)
+        removed.append(full)
+    return removed
 
 
 def write_atomically(path: str, write: Callable[[str], None]) -> None:
     """Calls `write(temporary_path)` beside `path`, then renames: `path` is never half written.
 
-    The temporary path keeps `path`'s suffix, since Keras picks the format from it.
+    The temporary path keeps `path`'s suffix, since Keras picks the format from it, and carries
+    the process id, so that a later run removes what a killed one left behind.
 
     Example:
 
@@ -93,10 +175,22 @@ def write_atomically(path: str, write: Callable[[str], None]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
     suffix = os.path.splitext(base)[1]
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=f".tmp{suffix}")
+    remove_stale_temporaries(folder, f".{base}.", f".tmp{suffix}")
+    try:
+        handle, temporary = tempfile.mkstemp(
+            dir=folder, prefix=f".{base}.{os.getpid()}.", suffix=f".tmp{suffix}"
+        )
+    except OSError as error:
+        raise ValueError(
+            f"{path}: cannot write in the folder {folder} ({error.strerror or error}); choose another output path."
+        ) from None
     os.close(handle)
     try:
-        write(temporary)
+        try:
+            write(temporary)
+        except OSError as error:
+            # The error names the hidden temporary file; the user knows the output path.
+            raise OSError(f"{path} could not be written: {error.strerror or error}") from error
         # mkstemp makes the file private (0600); give it the mode a plain open() would have.
         umask = os.umask(0)
         os.umask(umask)

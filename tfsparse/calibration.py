@@ -27,6 +27,44 @@ def _as_arrays(data) -> tuple | None:
     return None
 
 
+def _length(array) -> int:
+    return int(array.shape[0]) if len(array.shape) else 0
+
+
+def check_samples(x, y, where: str = "calibration_data") -> None:
+    """Refuses calibration data with no samples, or with a different number of inputs and targets.
+
+    Args:
+        x: the inputs (an array or tensor).
+        y: the targets, or None.
+        where: how to name the data in the message.
+
+    Example:
+
+    ```python
+    check_samples(x_train[:0], y_train[:0])  # ValueError: ... has no samples ...
+    ```
+    """
+    if _length(x) == 0:
+        raise ValueError(
+            f"Argument `{where}` has no samples (x of shape {tuple(x.shape)}): criteria that score on "
+            "data would rank every weight alike and prune by position. Pass a few batches of real "
+            "inputs (e.g. `(x_train[:256], y_train[:256])`)."
+        )
+    if y is not None and _length(y) != _length(x):
+        raise ValueError(
+            f"Argument `{where}` must have as many targets as inputs. Received: x with {_length(x)} "
+            f"samples, y with {_length(y)}"
+        )
+    if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.inexact):
+        nans = int(np.count_nonzero(np.isnan(x)))
+        if nans:
+            raise ValueError(
+                f"Argument `{where}` holds {nans} NaN input values; they would make the scores of "
+                "every layer they reach NaN. Remove or impute them (`np.isfinite(x).all()` must hold)."
+            )
+
+
 def _split(batch) -> tuple:
     if isinstance(batch, (tuple, list)):
         return (batch[0], batch[1] if len(batch) > 1 else None)
@@ -100,6 +138,8 @@ class Calibration:
                 "Argument `calibration_data` must be an array, a tuple `(x, y)` of arrays, or an iterable "
                 f"of batches. Received: calibration_data of type {type(data).__name__}"
             )
+        if arrays is not None:
+            check_samples(*arrays)
         self.model = model
         self.data = data
         self.batches = batches
@@ -113,8 +153,14 @@ class Calibration:
             drawn = []
             for batch in self.data:
                 drawn.append(_split(batch))
+                check_samples(*drawn[-1], where=f"calibration_data (batch {len(drawn) - 1})")
                 if self.batches is not None and len(drawn) >= self.batches:
                     break
+            if not drawn:
+                raise ValueError(
+                    "Argument `calibration_data` gave no batches: criteria that score on data need at "
+                    "least one. Pass a non-empty iterable of `(x, y)` batches, or arrays."
+                )
             return drawn
         x, y = self._arrays
         size = int(x.shape[0])

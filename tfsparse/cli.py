@@ -45,7 +45,8 @@ def _sparsity(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1). Received: {text!r}") from None
-    if not 0.0 <= value < 1.0:
+    # float32 is what pruning computes in: a value just below 1 would round up to 1 (every weight).
+    if not 0.0 <= value < 1.0 or np.float32(value) >= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1). Received: {text}")
     return value
 
@@ -181,7 +182,9 @@ def _run_prune(args) -> None:
         model = strip_pruning(model)
     pruned = prune_low_magnitude(
         model,
-        pruning_schedule=ConstantSparsity(sparsity, 0),
+        # With M:N the pattern fixes the sparsity; the schedule's value is unused (and 1 - M/N can
+        # round to 1.0 for a huge N, which a schedule refuses).
+        pruning_schedule=ConstantSparsity(sparsity if args.m_by_n is None else 0.5, 0),
         sparsity_m_by_n=args.m_by_n,
         scope=args.scope,
     )

@@ -127,10 +127,31 @@ def layer_scores(wrapper: PruneLowMagnitude, inputs: list[dict] | None = None) -
         # Weights already pruned score from their masked value and below every kept weight, so a
         # pruned weight stays pruned whatever the criterion (signed ones included).
         weight_scores = np.where(mask > 0, score(value * mask, **weight_inputs), -np.inf)
+        _refuse_nan_scores(wrapper, len(scores), np.where(mask > 0, value, 0.0), weight_scores)
         if wrapper.score_normalization == "lamp":
             weight_scores = criteria.lamp(weight_scores)
         scores.append(weight_scores)
     return scores
+
+
+def _refuse_nan_scores(wrapper: PruneLowMagnitude, index: int, value: np.ndarray, scores: np.ndarray) -> None:
+    # A NaN score cannot be ranked; say where it came from, since the fix differs.
+    nan_scores = masking.count_nan(scores)
+    if not nan_scores:
+        return
+    where = f"Layer '{wrapper.name}' weight '{wrapper.pruned_weights[index].name}'"
+    nan_weights = masking.count_nan(value)
+    if nan_weights:
+        raise ValueError(
+            f"{where} has {nan_weights} NaN values, so its weights cannot be ranked for pruning: the "
+            "model diverged. Lower the learning rate, check the training data for NaN or inf, or "
+            "restart from an earlier checkpoint."
+        )
+    raise ValueError(
+        f"{where} got {nan_scores} NaN scores from criterion {wrapper.criterion!r} although its "
+        "weights are finite: the calibration data (or the gradients or activations it produces) "
+        "hold NaN or inf. Check the calibration data with `np.isfinite(x).all()`."
+    )
 
 
 def _record_references(wrapper: PruneLowMagnitude) -> None:

@@ -6,6 +6,7 @@ models. Models are copied: the model passed in keeps its own layers and weights.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import keras
@@ -37,6 +38,10 @@ def _check_graph_model(model: keras.Model, what: str) -> None:
 def _copy_layer(layer: keras.layers.Layer, weights=None) -> keras.layers.Layer:
     """A new layer with the same config and, if `layer` is built, the same (or given) weights."""
     copy = layer.__class__.from_config(layer.get_config())
+    if not isinstance(layer, keras.layers.Layer):
+        # A functional graph can hold bare operations (`x + y` on Keras tensors makes an `Add`
+        # op, as in MobileNetV3): no weights, nothing to build.
+        return copy
     if layer.built:
         copy.build_from_config(layer.get_build_config())
         copy.set_weights(layer.get_weights() if weights is None else weights)
@@ -68,13 +73,16 @@ def prune_low_magnitude(
     block_size: Sequence[int] = (1, 1),
     block_pooling_type: str = "AVG",
     sparsity_m_by_n: Sequence[int] | None = None,
+    strict: bool = False,
     **kwargs,
 ):
     """Wraps every prunable layer of `to_prune` in `PruneLowMagnitude`.
 
     Same arguments as `tfmot.sparsity.keras.prune_low_magnitude`. Layers without weights to prune
-    (pooling, activations, normalization, merges) are kept as they are. Fit the result with the
-    `UpdatePruningStep` callback, then `strip_pruning` it.
+    (pooling, activations, merges, and layers whose weights are all vectors: normalization,
+    scales) are kept as they are. A layer with weight matrices that tfsparse does not know (a
+    custom layer that is not a `PrunableLayer`) is kept unpruned too, with one warning naming it.
+    Fit the result with the `UpdatePruningStep` callback, then `strip_pruning` it.
 
     Args:
         to_prune: a layer, a list of layers, or a Sequential or functional model (nested models
@@ -85,6 +93,8 @@ def prune_low_magnitude(
         block_size: `(rows, cols)` of the blocks pruned together.
         block_pooling_type: "AVG" or "MAX", how a block's scores are pooled.
         sparsity_m_by_n: `(m, n)`, e.g. `(2, 4)`, to keep `m` of every `n` consecutive weights.
+        strict: raise `ValueError` for an unknown layer with weight matrices, instead of leaving
+            it unpruned with a warning.
         **kwargs: further `PruneLowMagnitude` arguments (`criterion`, `scope`, `regularizer`,
             `score_normalization`, `min_density`).
 
@@ -120,13 +130,25 @@ def prune_low_magnitude(
     # grows) before any model is copied; naming the probe keeps Keras' layer-name counters as they are.
     PruneLowMagnitude(keras.layers.Dense(1, name="tfsparse_argument_check"), **parameters)
 
+    left_out = []
+
     def wrap(layer):
+        if not isinstance(layer, keras.layers.Layer):
+            return layer
         if per_layer is not None:
             if layer.name not in per_layer:
                 return layer
             named.add(layer.name)
             return PruneLowMagnitude(layer, **{**parameters, "pruning_schedule": per_layer[layer.name]})
-        return PruneLowMagnitude(layer, **parameters) if registry.is_prunable(layer) else layer
+        if registry.is_prunable(layer, strict=strict):
+            return PruneLowMagnitude(layer, **parameters)
+        if registry.needs_opt_in(layer):
+            left_out.append(layer)
+        return layer
+
+    def warn_left_out():
+        if left_out:
+            warnings.warn(registry.opt_in_message(left_out), stacklevel=3)
 
     named: set[str] = set()
 
@@ -143,9 +165,13 @@ def prune_low_magnitude(
                 )
             return wrap(_copy_layer(layer))
 
-        return _check_all_named(per_layer, named, _clone(to_prune, clone_layer))
+        pruned = _check_all_named(per_layer, named, _clone(to_prune, clone_layer))
+        warn_left_out()
+        return pruned
     if isinstance(to_prune, (list, tuple)):
-        return _check_all_named(per_layer, named, [wrap(layer) for layer in to_prune])
+        pruned = _check_all_named(per_layer, named, [wrap(layer) for layer in to_prune])
+        warn_left_out()
+        return pruned
     if isinstance(to_prune, keras.layers.Layer) and per_layer is not None:
         return _check_all_named(per_layer, named, wrap(to_prune))
     if isinstance(to_prune, keras.layers.Layer):

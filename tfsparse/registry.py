@@ -112,17 +112,62 @@ def _is_known(layer: keras.layers.Layer) -> bool:
     return sublayers is not None and all(_is_known(sublayer) for sublayer in sublayers)
 
 
-def _has_weights(layer: keras.layers.Layer) -> bool:
+def _matrices(layer: keras.layers.Layer) -> list:
     # An unbuilt layer of an unknown kind has no weights yet, so there is nothing to judge by:
     # it is left as it is. Layers of a model being pruned are built, and judged by their weights.
-    return layer.built and bool(layer.weights)
+    # Vectors (scales, biases, normalization statistics) are never worth pruning.
+    if not layer.built:
+        return []
+    return [weight for weight in layer.weights if len(weight.shape) >= 2]
 
 
-def is_prunable(layer: keras.layers.Layer) -> bool:
+def needs_opt_in(layer: keras.layers.Layer) -> bool:
+    """Whether `layer` has weight matrices but tfsparse does not know which of them to prune.
+
+    Such a layer is left unpruned by `prune_low_magnitude` (with a warning) until it subclasses
+    `PrunableLayer`; layers whose weights are all vectors are simply not pruned.
+
+    Args:
+        layer: any Keras layer.
+
+    Returns:
+        True for an unknown layer with weights of rank 2 or more.
+
+    Example:
+
+    ```python
+    needs_opt_in(keras.layers.BatchNormalization())  # False: known, and only vectors
+    ```
+    """
+    if isinstance(layer, PrunableLayer) or _is_known(layer) or isinstance(layer, _NOT_PRUNED):
+        return False
+    return bool(_matrices(layer))
+
+
+def opt_in_message(layers_left_out: list) -> str:
+    """The warning (or, with `strict=True`, the error) for layers that `needs_opt_in`."""
+    names = ", ".join(f"'{layer.name}' of type {type(layer).__name__}" for layer in layers_left_out)
+    plural = len(layers_left_out) > 1
+    return (
+        f"Layer{'s' if plural else ''} {names} {'have' if plural else 'has'} weight matrices but tfsparse "
+        f"does not know which of them to prune, so {'they are' if plural else 'it is'} left unpruned. "
+        "To prune such a layer, subclass `tfsparse.PrunableLayer` and return the weights to prune from "
+        "`get_prunable_weights()`; pass `strict=True` to `prune_low_magnitude` to make this an error."
+    )
+
+
+def is_prunable(layer: keras.layers.Layer, strict: bool = True) -> bool:
     """Whether `prune_low_magnitude` wraps this layer.
 
-    Raises `ValueError` for a layer with weights that is neither a known layer nor a
-    `PrunableLayer`, since silently leaving it dense would miss the requested sparsity.
+    Args:
+        layer: any Keras layer.
+        strict: raise `ValueError` for a layer with weight matrices that is neither a known layer
+            nor a `PrunableLayer` (silently leaving it dense would miss the requested sparsity);
+            with False such a layer is reported as not prunable.
+
+    Returns:
+        True if the layer is known or a `PrunableLayer`; False for layers without weights or with
+        vectors only (pooling, normalization, scales).
 
     Example:
 
@@ -133,14 +178,9 @@ def is_prunable(layer: keras.layers.Layer) -> bool:
     """
     if isinstance(layer, PrunableLayer) or _is_known(layer):
         return True
-    if isinstance(layer, _NOT_PRUNED) or not _has_weights(layer):
-        return False
-    raise ValueError(
-        f"Layer '{layer.name}' of type {type(layer).__name__} has weights but tfsparse does not know "
-        "which of them to prune. Make it prunable by subclassing `tfsparse.PrunableLayer` and "
-        "returning the weights to prune from `get_prunable_weights()`, or leave it out of "
-        "`prune_low_magnitude` (wrap only the layers you choose)."
-    )
+    if strict and needs_opt_in(layer):
+        raise ValueError(opt_in_message([layer]))
+    return False
 
 
 def prunable_weights(layer: keras.layers.Layer) -> list:

@@ -7,6 +7,7 @@ done in float32, as tfmot does it, so that both libraries give the same value fo
 from __future__ import annotations
 
 import abc
+import numbers
 
 import keras
 import numpy as np
@@ -14,7 +15,18 @@ import numpy as np
 from tfsparse._config import config_repr
 
 
+def _check_integer(value, name: str) -> int:
+    # bool is an int to Python, but `frequency=True` is a mistake, not a step count.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(
+            f"Argument `{name}` must be an integer. Received: {name}={value!r} of type {type(value).__name__}"
+        )
+    return int(value)
+
+
 def _check_steps(begin_step: int, end_step: int, frequency: int, allow_endless: bool) -> None:
+    for value, name in ((begin_step, "begin_step"), (end_step, "end_step"), (frequency, "frequency")):
+        _check_integer(value, name)
     if begin_step < 0:
         raise ValueError(f"Argument `begin_step` must be >= 0. Received: begin_step={begin_step}")
     if not allow_endless and end_step == -1:
@@ -35,7 +47,12 @@ def _check_steps(begin_step: int, end_step: int, frequency: int, allow_endless: 
 
 
 def _check_sparsity(value: float, name: str) -> None:
-    if not 0.0 <= value < 1.0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"Argument `{name}` must be a number in [0, 1). Received: {name}={value!r} of type {type(value).__name__}"
+        )
+    # The schedule computes in float32, where a value just below 1 rounds up to 1 (every weight).
+    if not 0.0 <= value < 1.0 or np.float32(value) >= 1.0:
         raise ValueError(f"Argument `{name}` must be in [0, 1). Received: {name}={value}")
 
 
@@ -133,12 +150,16 @@ class PolynomialDecay(PruningSchedule):
     `p = clip((t - begin_step) / (end_step - begin_step), 0, 1)`: it grows fast at first and
     flattens towards the end, which gives the network time to recover between prunings.
 
+    `end_step == begin_step` is a single pruning step to `final_sparsity` at `begin_step`
+    (`initial_sparsity` before it). tfmot divides by zero there and returns NaN; every other
+    configuration gives tfmot's values exactly.
+
     Args:
         initial_sparsity: sparsity at `begin_step`, in [0, 1).
         final_sparsity: sparsity from `end_step` on, in [0, 1).
         begin_step: first step at which to prune.
         end_step: step at which `final_sparsity` is reached (must not be -1).
-        power: exponent of the curve.
+        power: exponent of the curve, >= 0.
         frequency: prune every `frequency` steps.
 
     Example:
@@ -161,6 +182,8 @@ class PolynomialDecay(PruningSchedule):
         _check_steps(begin_step, end_step, frequency, allow_endless=False)
         _check_sparsity(initial_sparsity, "initial_sparsity")
         _check_sparsity(final_sparsity, "final_sparsity")
+        if isinstance(power, bool) or not isinstance(power, numbers.Real) or not 0 <= power < float("inf"):
+            raise ValueError(f"Argument `power` must be a finite number >= 0. Received: power={power!r}")
         self.initial_sparsity = initial_sparsity
         self.final_sparsity = final_sparsity
         self.begin_step = begin_step
@@ -170,6 +193,9 @@ class PolynomialDecay(PruningSchedule):
 
     def __call__(self, step: int) -> tuple[bool, float]:
         should_prune = self._should_prune_in_step(int(step), self.begin_step, self.end_step, self.frequency)
+        if self.end_step == self.begin_step:  # one step, straight to the final sparsity
+            sparsity = self.final_sparsity if int(step) >= self.begin_step else self.initial_sparsity
+            return should_prune, float(np.float32(sparsity))
         f32 = np.float32
         with np.errstate(divide="ignore", invalid="ignore"):
             progress = f32(int(step) - self.begin_step) / f32(self.end_step - self.begin_step)

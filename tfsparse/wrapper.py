@@ -8,6 +8,7 @@ says so); inside a training step the only extra work is one multiply per pruned 
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Sequence
 
 import keras
@@ -22,6 +23,8 @@ from tfsparse.schedules import ConstantSparsity, PruningSchedule
 
 SCOPES = ("layer", "global")
 SCORE_NORMALIZATIONS = (None, "lamp")
+# First in every saved wrapper's config, which Keras prints when it cannot find the class.
+LOAD_NOTE = "saved by tfsparse: run `import tfsparse` before keras.saving.load_model"
 
 
 def no_step_driver_message(name: str) -> str:
@@ -76,6 +79,18 @@ def _check_regrowth(value, block_size, sparsity_m_by_n):
             f"sparsity_m_by_n={sparsity_m_by_n}"
         )
     return value
+def _forward_pass() -> object | None:
+    """An object that stays the same for every layer call within one forward pass of a model.
+
+    Keras offers no public handle on "the current forward pass", and a shared layer must advance
+    its pruning step once per training step, not once per call. Two private Keras objects serve,
+    read here only: the stateless scope that JAX's training step runs the whole model in, else the
+    call context that `Layer.__call__` opens at the outermost layer (TensorFlow, PyTorch).
+    """
+    from keras.src.backend.common import global_state
+    from keras.src.backend.common.stateless_scope import get_stateless_scope
+
+    return get_stateless_scope() or global_state.get_global_attribute("current_call_ctx")
 
 
 def accepts_argument(function, argument: str) -> bool:
@@ -204,6 +219,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self._inner_accepts_mask = accepts_argument(layer.call, "mask")
         self._step_driven = False
         self._refused_training = False
+        self._counted_pass = None
 
     def build(self, input_shape=None):
         super().build(input_shape)
@@ -248,7 +264,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 # The step being traced now is unusable; the driver retraces when it attaches.
                 self._refused_training = True
                 raise ValueError(no_step_driver_message(self.name))
-            self.pruning_step.assign(self.pruning_step + 1)
+            self._advance_step()
         if self._input_observer is not None:
             self._input_observer(inputs)
         if self._inner_accepts_training:
@@ -267,6 +283,20 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             if id(variable) not in masked:
                 variable.assign(value)
         return outputs
+
+    def _advance_step(self) -> None:
+        # Count training steps, not calls: a layer shared by several inputs is called several times
+        # in one forward pass (and in one trace of a compiled step) but advances once.
+        forward_pass = _forward_pass()
+        if (
+            forward_pass is not None
+            and self._counted_pass is not None
+            and self._counted_pass() is forward_pass
+        ):
+            return
+        self.pruning_step.assign(self.pruning_step + 1)
+        # A weak reference: a later pass could otherwise reuse a freed pass's id().
+        self._counted_pass = weakref.ref(forward_pass) if forward_pass is not None else None
 
     def compute_output_spec(self, *args, training=None, mask=None, **kwargs):
         if self._inner_accepts_training and training is not None:
@@ -346,7 +376,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     # -- serialization ---------------------------------------------------------------------------
 
     def get_config(self) -> dict:
-        config = super().get_config()
+        # Keras imports only its own packages' classes when loading, so a model saved with this
+        # layer loads only after `import tfsparse`; the note is first in the config that Keras
+        # prints when the class is missing, to say so.
+        config = {"note": LOAD_NOTE, **super().get_config()}
         config.update(
             {
                 "pruning_schedule": keras.saving.serialize_keras_object(self.pruning_schedule),
@@ -366,6 +399,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     @classmethod
     def from_config(cls, config: dict, custom_objects=None):
         config = dict(config)
+        config.pop("note", None)
         # The inner layer's serialized form carries its build shapes, so it comes back built,
         # also for layers called on several inputs (MultiHeadAttention).
         config["layer"] = keras.saving.deserialize_keras_object(

@@ -10,7 +10,7 @@ import tempfile
 import keras
 import numpy as np
 
-from tfsparse._files import write_atomically
+from tfsparse._files import check_writable_folder, write_atomically
 from tfsparse.mask_updates import collect_wrappers
 from tfsparse.prune import strip_pruning
 
@@ -42,7 +42,28 @@ def check_model(model, argument: str = "model") -> None:
 def plain_model(model) -> keras.Model:
     """`model` as stock Keras layers: a pruned model is stripped, anything else is checked and kept."""
     check_model(model)
-    return strip_pruning(model) if collect_wrappers(model) else model
+    plain = strip_pruning(model) if collect_wrappers(model) else model
+    check_finite_weights(plain)
+    return plain
+
+
+def check_finite_weights(model: keras.Model) -> None:
+    """Refuses a model with NaN or infinite weights, naming the first such weight.
+
+    Its outputs would be NaN, and the check of the exported file against them meaningless.
+    """
+    for variable in model.weights:
+        value = keras.ops.convert_to_numpy(variable.value)
+        if not np.issubdtype(value.dtype, np.inexact):
+            continue
+        bad = value.size - int(np.count_nonzero(np.isfinite(value)))
+        if bad:
+            nans = int(np.count_nonzero(np.isnan(value)))
+            raise ValueError(
+                f"Model '{model.name}' weight '{variable.path}' has {nans} NaN and {bad - nans} infinite "
+                "values, so its outputs cannot be computed or checked: the model diverged in training. "
+                "Export an earlier checkpoint, or retrain with a lower learning rate."
+            )
 
 
 _NOT_IN_SIGNATURE_NAMES = re.compile(r"[^A-Za-z0-9_.\-/]")
@@ -83,6 +104,14 @@ def as_input_list(model: keras.Model, data, argument: str) -> list[np.ndarray]:
             raise ValueError(
                 f"Argument `{argument}` must have the model's input shape {expected} with at least one "
                 f"sample. Received: shape {array.shape}"
+            )
+        if np.issubdtype(array.dtype, np.inexact) and not np.all(np.isfinite(array)):
+            nans = int(np.count_nonzero(np.isnan(array)))
+            infinite = array.size - int(np.count_nonzero(np.isfinite(array))) - nans
+            first = int(np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))[0])
+            raise ValueError(
+                f"Argument `{argument}` holds {nans} NaN and {infinite} infinite values (first in sample "
+                f"{first}); outputs computed from them cannot be checked. Remove or impute those samples."
             )
         checked.append(array)
     if len({len(array) for array in checked}) > 1:
@@ -126,6 +155,7 @@ def check_output_path(path, overwrite: bool) -> str:
         raise ValueError(f"Argument `path`: the folder {parent!r} does not exist. Received: path={path!r}")
     if os.path.lexists(path) and not overwrite:
         raise OutputExistsError(f"Argument `path`: {path!r} exists; pass `overwrite=True` to replace it.")
+    check_writable_folder(path)
     return path
 
 

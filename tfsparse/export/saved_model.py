@@ -16,6 +16,7 @@ import tempfile
 import keras
 import numpy as np
 
+from tfsparse._files import remove_stale_temporaries
 from tfsparse.export._files import (
     as_input_list,
     check_output_path,
@@ -108,7 +109,9 @@ def to_saved_model(model: keras.Model, path, inputs=None, *, overwrite: bool = F
     path = check_output_path(path, overwrite)
     samples = generated_inputs(model) if inputs is None else as_input_list(model, inputs, "inputs")
 
-    staging = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".saved_model.")
+    parent = os.path.dirname(os.path.abspath(path))
+    remove_stale_temporaries(parent, ".saved_model.")
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".saved_model.{os.getpid()}.")
     try:
         exported = os.path.join(staging, "model")
         # Keras prints the endpoint's signature on export; the report says what matters.

@@ -40,12 +40,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import tempfile
 import warnings
 
 import keras
 import numpy as np
 
+from tfsparse._files import remove_stale_temporaries
 from tfsparse.export import _flatbuffer, _litert
 from tfsparse.export._files import (
     as_input_list,
@@ -110,7 +112,9 @@ def _convert(model: keras.Model, sparse: bool, quantize: str | None, calibration
         tf.TensorSpec((1, *tensor.shape[1:]), tensor.dtype, name=signature_name(tensor.name))
         for tensor in model.inputs
     ]
-    with tempfile.TemporaryDirectory(prefix="tfsparse-export-") as folder, _quiet():
+    # Named with the process id, so that the folders of a killed run are removed by the next one.
+    remove_stale_temporaries(tempfile.gettempdir(), "tfsparse-export-")
+    with tempfile.TemporaryDirectory(prefix=f"tfsparse-export-{os.getpid()}.") as folder, _quiet():
         try:
             signature = [specs if len(specs) > 1 else specs[0]]
             model.export(folder, format="tf_saved_model", verbose=False, input_signature=signature)
@@ -161,9 +165,18 @@ def _sparse_candidates(converted: bytes):
         yield _without_failing_sparse_weights(_flatbuffer.through_densify(base, read_sparse))
 
 
+_NAN_OUTPUTS = (
+    "the outputs on the sample inputs hold NaN, although weights and inputs are finite (an overflow "
+    "in the model or in the file, e.g. float16 or int8 ranges); try another `quantize`, or inputs "
+    "on the training data's scale"
+)
+
+
 def _problem(report: TFLiteReport) -> str:
     if not report.runs_with_default_delegates:
         return f"fails in LiteRT's default delegates ({report.delegate_error})"
+    if np.isnan(report.max_abs_difference):
+        return _NAN_OUTPUTS
     return (
         f"differs from the Keras model by up to {report.max_abs_difference:.3g} "
         f"(tolerance {report.tolerance:.3g})"
@@ -342,6 +355,8 @@ def _check_report(report: TFLiteReport, name: str) -> None:
         raise RuntimeError(
             f"The TFLite file of model '{name}' fails in LiteRT's default delegates: {report.delegate_error}"
         )
+    if np.isnan(report.max_abs_difference):
+        raise RuntimeError(f"The TFLite file of model '{name}' cannot be checked: {_NAN_OUTPUTS}.")
     if not report.within_tolerance:
         raise RuntimeError(
             f"The TFLite file of model '{name}' differs from the Keras model by up to "
