@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tfsparse import masking
+from tfsparse import mask_updates, masking
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.25, 0.5, 0.73, 0.9, 0.99])
@@ -216,20 +216,12 @@ def _global_cases(draw):
     return scores, draw(st.floats(0.0, 1.0, exclude_max=True))
 
 
-def _default_min_density() -> float:
-    import inspect
-
-    from tfsparse.wrapper import PruneLowMagnitude
-
-    return inspect.signature(PruneLowMagnitude).parameters["min_density"].default
-
-
 @PROPERTY_SETTINGS
-@given(_global_cases(), st.floats(0.001, 0.5))
-def test_global_masks_meet_the_total_within_one_weight_and_keep_every_layer_alive(case, drawn_floor):
+@given(_global_cases())
+def test_global_masks_meet_the_total_within_one_weight_and_keep_every_layer_alive(case):
     scores, sparsity = case
-    # Under the default settings when the default keeps a floor; else under a drawn floor.
-    floor = _default_min_density() or drawn_floor
+    # The floor that scope "global" applies by default (`min_density=None`).
+    floor = mask_updates.default_min_density(sparsity)
     masks = masking.global_masks(scores, sparsity, min_density=floor)
     total = sum(s.size for s in scores)
     kept_at_least = [math.ceil(floor * s.size) for s in scores]
