@@ -199,7 +199,8 @@ def plan(
         importance: "l1", "l2", "bn_scale", "taylor", "lamp", "random", or `fn(model, group) -> scores`.
         scope: "layer" (each group loses `ratio` of its channels) or "global" (channels of all
             groups ranked together, scores divided by their group's mean unless "lamp").
-        ignored_layers: layer names whose channels stay whole (also the way past layers without a rule).
+        ignored_layers: layer names whose own channels stay whole (see `DependencyGraph`); also the
+            way past Lambda and custom layers without a rule.
         round_to: keep channel counts at multiples of this (8 suits most accelerators).
         max_ratio: no group loses more than this share of its channels.
         data: `(x, y)` for "taylor".
