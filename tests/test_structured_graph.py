@@ -314,3 +314,13 @@ def test_layers_wrapped_for_unstructured_pruning_are_refused():
     )
     with pytest.raises(ValueError, match="strip_pruning"):
         structured.DependencyGraph(wrapped)
+
+
+def test_channels_first_layers_keep_their_channels_whole():
+    inputs = keras.Input((3, 6, 6))
+    x = L.Conv2D(8, 3, data_format="channels_first", name="conv")(inputs)
+    x = L.BatchNormalization(axis=1)(x)
+    x = L.Dense(8, activation="relu", name="hidden")(L.Flatten(data_format="channels_first")(x))
+    model = keras.Model(inputs, L.Dense(2)(x))
+    _, _, small = _check_removal_is_exact(model)
+    assert small.get_layer("conv").filters == 8 and small.get_layer("hidden").units == 4
