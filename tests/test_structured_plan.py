@@ -108,3 +108,13 @@ def test_structured_pruning_on_each_backend(backend):
     assert facts["same_at_zero"]
     assert facts["heads"] == 1
     assert facts["taylor_groups"] >= 4 and facts["taylor_finite"]
+
+
+def test_a_plan_for_another_model_is_refused(mlp, cnn):
+    plan = structured.plan(mlp, ratio=0.5)
+    with pytest.raises(ValueError, match="plan was made for|Make the plan from this model"):
+        structured.apply(cnn, plan)
+    with pytest.raises(ValueError, match="tied to a model input or output"):
+        structured.apply(mlp, structured.Plan({0: [0]}))
+    with pytest.raises(ValueError, match="not JSON"):
+        structured.Plan.from_json("{removed")

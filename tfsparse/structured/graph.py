@@ -224,7 +224,7 @@ class DependencyGraph:
         )
         if rule is None:
             if not ignored:
-                kind = "a Lambda layer" if isinstance(layer, keras.layers.Lambda) else "an operation"
+                kind = "a Lambda layer" if isinstance(layer, keras.layers.Lambda) else "a custom layer"
                 raise ValueError(
                     f"Layer '{path}' is {kind} of type {type(layer).__name__} that structured pruning has "
                     "no rule for, so it cannot tell which of its channels belong together. Pass "
