@@ -373,6 +373,12 @@ class DependencyGraph:
         def keep(atoms: np.ndarray) -> np.ndarray:
             return ~gone[self._roots[np.asarray(atoms, dtype=np.int64)]]
 
+        for space in self._spaces:
+            if len(space.atoms) and not keep(space.atoms).any():
+                raise ValueError(
+                    f"The plan removes every channel of layer '{space.layer}' ({space.kind}, "
+                    f"{len(space.atoms)} channels); keep at least one of them."
+                )
         return keep
 
     # ---- views ------------------------------------------------------------------------------
