@@ -5,6 +5,9 @@ Atoms that must be removed together are joined (`RuleContext.couple`); a channel
 model is removed by removing its atom everywhere it appears. A rule reads the atoms of a layer
 call's inputs, declares the layer's own channel spaces, which weight axes follow which atoms and
 which config values count them, and returns the atoms of the call's outputs.
+
+Every rule has the same signature, `rule(ctx: RuleContext) -> list of output atoms` (documented on
+`RuleContext`); `channelwise(...)` builds one for layers with per-channel weights.
 """
 
 from __future__ import annotations
