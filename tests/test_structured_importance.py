@@ -102,3 +102,5 @@ def test_round_to_and_per_layer_ratios():
     assert small.get_layer("a").units == 16 and small.get_layer("b").units == 16
     small = structured.prune(model, ratio={"a": 0.5})
     assert small.get_layer("a").units == 12 and small.get_layer("b").units == 20
+    small = structured.prune(model, ratio={"a": 0.25, "b": 0.5})  # b reads a's channels: a's ratio holds
+    assert small.get_layer("a").units == 18 and small.get_layer("b").units == 10

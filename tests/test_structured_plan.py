@@ -108,3 +108,24 @@ def test_structured_pruning_on_each_backend(backend):
     assert facts["same_at_zero"]
     assert facts["heads"] == 1
     assert facts["taylor_groups"] >= 4 and facts["taylor_finite"]
+
+
+def test_a_plan_for_another_model_is_refused(mlp, cnn):
+    plan = structured.plan(mlp, ratio=0.5)
+    with pytest.raises(ValueError, match="plan was made for|Make the plan from this model"):
+        structured.apply(cnn, plan)
+    with pytest.raises(ValueError, match="tied to a model input or output"):
+        structured.apply(mlp, structured.Plan({0: [0]}))
+    with pytest.raises(ValueError, match="not JSON"):
+        structured.Plan.from_json("{removed")
+
+
+def test_a_plan_that_empties_one_branch_of_a_concatenation_is_refused():
+    inputs = keras.Input((4,))
+    a, b = keras.layers.Dense(2, name="a")(inputs), keras.layers.Dense(3, name="b")(inputs)
+    x = keras.layers.Add()([keras.layers.Concatenate()([a, b]), keras.layers.Dense(5, name="c")(inputs)])
+    model = keras.Model(inputs, keras.layers.Dense(1)(x))
+    group = next(g for g in structured.DependencyGraph(model).groups if "a" in g.layers("out"))
+    with pytest.raises(ValueError, match="every channel of layer 'a'"):
+        structured.apply(model, structured.Plan({group.index: [0, 1]}))
+    assert structured.prune(model, 0.8).get_layer("a").units == 1

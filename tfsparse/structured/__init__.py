@@ -2,6 +2,17 @@
 
 `DependencyGraph(model)` finds the groups of coupled channels; `plan` decides which go (a JSON-able
 `Plan`); `apply` rebuilds a smaller ordinary Keras model; `prune` does both.
+
+Example:
+
+```python
+from tfsparse import structured
+
+print(structured.DependencyGraph(model))             # the groups of coupled channels
+p = structured.plan(model, ratio=0.5, importance="l1", round_to=8)
+open("plan.json", "w").write(p.to_json())           # review it, apply it again later
+small = structured.apply(model, structured.Plan.from_json(open("plan.json").read()))
+```
 """
 
 from tfsparse.structured import importance, merging, redundancy, rules, surgery

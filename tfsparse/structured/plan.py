@@ -17,6 +17,7 @@ from tfsparse.structured import merging
 from tfsparse.structured.graph import DependencyGraph
 
 _VERSION = 1
+_PRODUCERS = ("out", "heads", "key_dim", "value_dim")
 
 
 class Plan:
@@ -134,8 +135,9 @@ def _check_arguments(ratio, scope, round_to, max_ratio) -> None:
 def _group_ratio(group, ratio) -> float:
     if not isinstance(ratio, dict):
         return float(ratio)
-    # The most cautious ratio among the layers that produce the group's channels.
-    named = [ratio[name] for name in group.layers() if name in ratio]
+    # The most cautious ratio among the layers whose own channels the group holds (not its readers).
+    own = [m.layer for m in group.members if m.kind in _PRODUCERS + ("norm", "depthwise")]
+    named = [ratio[name] for name in own if name in ratio]
     return float(min(named)) if named else 0.0
 
 
@@ -152,9 +154,6 @@ def _rounded_removal(group, wanted: int, round_to: int, max_ratio: float) -> int
             count -= round_to
         count = max(count, 0)
     return count
-
-
-_PRODUCERS = ("out", "heads", "key_dim", "value_dim")
 
 
 def _lowest(group, scores: np.ndarray, count: int, max_ratio: float) -> list[int]:
@@ -196,12 +195,14 @@ def plan(
     Args:
         model: a Sequential or functional model.
         ratio: share of each group's channels to remove, or `{layer name: ratio}` (a group takes the
-            smallest ratio among its member layers listed; unlisted groups stay whole).
+            smallest ratio among the listed layers whose own channels it holds: producers, norms;
+            groups of unlisted layers stay whole).
         importance: "l1", "l2", "bn_scale", "taylor", "lamp", "random", "fpgm", "lsh" (near-duplicates,
             merged into the channel they duplicate), or `fn(model, group) -> scores`.
         scope: "layer" (each group loses `ratio` of its channels) or "global" (channels of all
             groups ranked together, scores divided by their group's mean unless "lamp").
-        ignored_layers: layer names whose channels stay whole (also the way past layers without a rule).
+        ignored_layers: layer names whose own channels stay whole (see `DependencyGraph`); also the
+            way past Lambda and custom layers without a rule.
         round_to: keep channel counts at multiples of this (8 suits most accelerators).
         max_ratio: no group loses more than this share of its channels.
         data: `(x, y)` for "taylor".

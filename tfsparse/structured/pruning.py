@@ -111,7 +111,7 @@ def prune(
         importance: "l1", "l2", "bn_scale", "taylor", "lamp", "random", "fpgm", "lsh", or
             `fn(model, group) -> scores`.
         scope: "layer" or "global" (see `plan`).
-        ignored_layers: layers whose channels stay whole.
+        ignored_layers: layers whose own channels stay whole (see `DependencyGraph`).
         round_to: keep channel counts at multiples of this.
         max_ratio: no group loses more than this share.
         data: `(x, y)` for "taylor".
