@@ -1,6 +1,6 @@
 """tfsparse: pruning and sparsity for Keras 3 models."""
 
-from tfsparse import analysis, criteria, export, regularizers
+from tfsparse import analysis, criteria, export, regularizers, structured
 from tfsparse.callbacks import PruningSummaries, UpdatePruningStep
 from tfsparse.finetune import finetune, prune_and_finetune
 from tfsparse.oneshot import prune_by_threshold, prune_oneshot
@@ -29,4 +29,5 @@ __all__ = [
     "prune_oneshot",
     "regularizers",
     "strip_pruning",
+    "structured",
 ]

@@ -1,0 +1,667 @@
+"""How each layer type couples channels: one rule per layer type, and `register_rule` for custom ones.
+
+A tensor's last axis (its channels) is described by an array of *atoms*, one integer per channel.
+Atoms that must be removed together are joined (`RuleContext.couple`); a channel of the pruned
+model is removed by removing its atom everywhere it appears. A rule reads the atoms of a layer
+call's inputs, declares the layer's own channel spaces, which weight axes follow which atoms and
+which config values count them, and returns the atoms of the call's outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+L = keras.layers
+
+Rule = Callable[["RuleContext"], list]
+
+# Kinds of the spaces a layer *produces*: their channels belong together in one group. Other kinds
+# ("in", "norm", "depthwise", ...) follow whatever feeds them.
+SOURCE_KINDS = ("out", "heads", "key_dim", "value_dim", "input", "fixed")
+
+
+@dataclass
+class Space:
+    """One channel dimension declared by a layer: its atoms and what it is."""
+
+    layer: str
+    name: str
+    kind: str
+    atoms: np.ndarray
+
+
+@dataclass
+class WeightSlice:
+    """An axis of one of a layer's weights whose positions follow `atoms`."""
+
+    index: int  # position in `layer.weights`
+    name: str  # the variable's name ("kernel", "gamma", ...)
+    axis: int
+    atoms: np.ndarray
+    trainable: bool
+
+
+@dataclass
+class LayerRecord:
+    """What the graph knows about one layer: its channel spaces, sliced weights and config edits."""
+
+    path: str
+    class_name: str
+    spaces: dict = field(default_factory=dict)
+    slices: list = field(default_factory=list)
+    edits: list = field(default_factory=list)  # (key, atoms, transform)
+    finishers: list = field(default_factory=list)  # fn(weights, keep) -> weights
+    marks: list = field(default_factory=list)  # (kind, atoms): membership without weights
+
+
+class Atoms:
+    """Union-find over channel atoms, with a `fixed` flag per atom (inputs, outputs, ignored layers)."""
+
+    def __init__(self):
+        self.parent: list[int] = []
+        self.fixed: list[bool] = []
+
+    def new(self, size: int, fixed: bool = False) -> np.ndarray:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + size))
+        self.fixed.extend([fixed] * size)
+        return np.arange(start, start + size, dtype=np.int64)
+
+    def find(self, atom: int) -> int:
+        parent = self.parent
+        root = atom
+        while parent[root] != root:
+            root = parent[root]
+        while parent[atom] != root:
+            parent[atom], atom = root, parent[atom]
+        return root
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        for x, y in zip(a.tolist(), b.tolist()):
+            rx, ry = self.find(x), self.find(y)
+            if rx != ry:
+                if rx > ry:
+                    rx, ry = ry, rx
+                self.parent[ry] = rx
+                self.fixed[rx] = self.fixed[rx] or self.fixed[ry]
+
+    def fix(self, atoms: np.ndarray) -> None:
+        for atom in atoms.tolist():
+            self.fixed[self.find(atom)] = True
+
+    def roots(self) -> np.ndarray:
+        return np.array([self.find(a) for a in range(len(self.parent))], dtype=np.int64)
+
+
+class RuleContext:
+    """What a rule sees of one call of one layer, and the calls it makes to declare couplings.
+
+    Attributes:
+        layer: the Keras layer.
+        path: its name, prefixed by the names of the models it is nested in (`"block/conv"`).
+        inputs: atoms of each input tensor's last axis, in the order of the call's flattened inputs.
+        args, kwargs: the call's arguments with each tensor replaced by its atoms.
+        input_shapes, output_shapes: shapes of the call's tensors (batch axis included).
+        ignored: whether the user listed this layer in `ignored_layers` (its spaces are then fixed).
+
+    Example of a rule for a custom layer that scales each channel by a weight `scale`:
+
+    ```python
+    def channel_scale_rule(ctx):
+        channels = ctx.space("channels", ctx.input_shapes[0][-1], kind="norm")
+        ctx.couple(ctx.inputs[0], channels)
+        ctx.slice(ctx.layer.scale, axis=0, atoms=channels)
+        return [ctx.inputs[0]]
+    ```
+    """
+
+    def __init__(
+        self, atoms, record, layer, path, inputs, args, kwargs, input_shapes, output_shapes, ignored
+    ):
+        self._atoms = atoms
+        self._record = record
+        self.layer = layer
+        self.path = path
+        self.inputs = inputs
+        self.args = args
+        self.kwargs = kwargs
+        self.input_shapes = input_shapes
+        self.output_shapes = output_shapes
+        self.ignored = ignored
+
+    def config(self, key: str, default=None):
+        """A value of the layer's config."""
+        return self.layer.get_config().get(key, default)
+
+    def space(self, name: str, size: int, kind: str) -> np.ndarray:
+        """The layer's channel space `name` of `size` channels (the same atoms on every call).
+
+        `kind` says what it is: "out" (channels the layer produces), "in" (channels it reads),
+        "norm", "depthwise", "heads", ... Spaces of an ignored layer are fixed.
+        """
+        spaces = self._record.spaces
+        if name not in spaces:
+            spaces[name] = Space(self.path, name, kind, self._atoms.new(int(size), fixed=self.ignored))
+        elif len(spaces[name].atoms) != size:
+            raise ValueError(
+                f"Layer '{self.path}' is called with {size} channels where an earlier call had "
+                f"{len(spaces[name].atoms)}; structured pruning needs every call of a shared layer to "
+                "see the same channels. Pass it in `ignored_layers`."
+            )
+        return spaces[name].atoms
+
+    def fresh(self, size: int) -> np.ndarray:
+        """New fixed atoms, for outputs whose channels nothing may remove."""
+        return self._atoms.new(int(size), fixed=True)
+
+    def couple(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Channels `a[i]` and `b[i]` are removed together (same length)."""
+        if len(a) != len(b):
+            raise ValueError(
+                f"Layer '{self.path}': cannot couple {len(a)} channels with {len(b)}. A rule for "
+                f"{type(self.layer).__name__} declares shapes that do not match its call."
+            )
+        self._atoms.union(a, b)
+
+    def fix(self, atoms: np.ndarray) -> None:
+        """These channels are never removed."""
+        self._atoms.fix(atoms)
+
+    def slice(self, variable, axis: int, atoms: np.ndarray) -> None:
+        """Axis `axis` of weight `variable` (one of `layer.weights`) follows `atoms`."""
+        if variable is None:
+            return
+        for index, weight in enumerate(self.layer.weights):
+            if weight is variable:
+                axis = axis % len(weight.shape)
+                if weight.shape[axis] != len(atoms):
+                    raise ValueError(
+                        f"Layer '{self.path}': weight '{weight.name}' has {weight.shape[axis]} positions "
+                        f"on axis {axis}, but the rule gives {len(atoms)} channels."
+                    )
+                self._record.slices.append(WeightSlice(index, weight.name, axis, atoms, weight.trainable))
+                return
+        raise ValueError(f"Layer '{self.path}': the rule slices a variable that is not among its weights.")
+
+    def edit(self, key: str, atoms: np.ndarray, transform: Callable | None = None) -> None:
+        """Config `key` becomes the number of kept `atoms`, or `transform(kept, old value)`."""
+        self._record.edits.append((key, atoms, transform))
+
+    def finish(self, fn: Callable) -> None:
+        """`fn(weights, keep)` adjusts the sliced weights (list, layer order); `keep(atoms)` is a mask."""
+        self._record.finishers.append(fn)
+
+    def mark(self, kind: str, atoms: np.ndarray) -> None:
+        """Lists the layer as a member of the groups of `atoms` (for layers without weights)."""
+        self._record.marks.append((kind, atoms))
+
+    def barrier(self) -> list:
+        """Nothing flows through: inputs fixed, outputs new fixed channels."""
+        for atoms in self.inputs:
+            self.fix(atoms)
+        return [self.fresh(_last(shape)) for shape in self.output_shapes]
+
+
+def _last(shape) -> int:
+    return int(shape[-1]) if len(shape) > 1 and shape[-1] is not None else 0
+
+
+def _channels_last(ctx) -> bool:
+    return ctx.config("data_format", "channels_last") in (None, "channels_last")
+
+
+def _last_axis_only(ctx, axis) -> bool:
+    rank = len(ctx.input_shapes[0])
+    axes = axis if isinstance(axis, (list, tuple)) else [axis]
+    return len(axes) == 1 and axes[0] % rank == rank - 1
+
+
+def _softmax(activation) -> bool:
+    name = activation if isinstance(activation, str) else getattr(activation, "__name__", "")
+    return name in ("softmax", "log_softmax")
+
+
+# ---- rules -------------------------------------------------------------------------------------
+
+
+def passthrough(ctx: RuleContext) -> list:
+    """Layers that act on each channel alone (activations, pooling, dropout, padding, ...)."""
+    if not _channels_last(ctx):
+        return ctx.barrier()
+    return [ctx.inputs[0]]
+
+
+def activation(ctx: RuleContext) -> list:
+    if _softmax(ctx.config("activation")):
+        return ctx.barrier()
+    return [ctx.inputs[0]]
+
+
+def softmax(ctx: RuleContext) -> list:
+    # Softmax over channels mixes them: removing one changes the others.
+    if _last_axis_only(ctx, ctx.config("axis", -1)):
+        return ctx.barrier()
+    return [ctx.inputs[0]]
+
+
+def prelu(ctx: RuleContext) -> list:
+    alpha = ctx.layer.alpha
+    channels = ctx.input_shapes[0][-1]
+    if alpha.shape[-1] == channels and channels != 1:
+        space = ctx.space("channels", channels, "norm")
+        ctx.couple(ctx.inputs[0], space)
+        ctx.slice(alpha, -1, space)
+    return [ctx.inputs[0]]
+
+
+def rescaling(ctx: RuleContext) -> list:
+    if all(np.size(ctx.config(key)) == 1 for key in ("scale", "offset")):
+        return [ctx.inputs[0]]
+    return ctx.barrier()
+
+
+def convolution(ctx: RuleContext) -> list:
+    """Conv1D/2D/3D, grouped or not: output channels are new; input channels follow the input."""
+    if not _channels_last(ctx):
+        return ctx.barrier()
+    layer = ctx.layer
+    groups = int(ctx.config("groups", 1) or 1)
+    channels = ctx.input_shapes[0][-1]
+    filters = layer.filters
+    # A grouped convolution keeps its group count: channel j of every group goes together.
+    inputs = ctx.space("in", channels // groups, "in")
+    ctx.couple(ctx.inputs[0], np.tile(inputs, groups))
+    local = ctx.space("out", filters // groups, "out")
+    outputs = np.tile(local, groups)
+    ctx.slice(layer.kernel, -2, inputs)
+    ctx.slice(layer.kernel, -1, outputs)
+    ctx.slice(layer.bias, 0, outputs)
+    ctx.edit("filters", outputs)
+    if _softmax(ctx.config("activation")):
+        ctx.fix(outputs)
+    return [outputs]
+
+
+def transposed_convolution(ctx: RuleContext) -> list:
+    if not _channels_last(ctx):
+        return ctx.barrier()
+    layer = ctx.layer
+    inputs = ctx.space("in", ctx.input_shapes[0][-1], "in")
+    ctx.couple(ctx.inputs[0], inputs)
+    outputs = ctx.space("out", layer.filters, "out")
+    ctx.slice(layer.kernel, -1, inputs)
+    ctx.slice(layer.kernel, -2, outputs)
+    ctx.slice(layer.bias, 0, outputs)
+    ctx.edit("filters", outputs)
+    if _softmax(ctx.config("activation")):
+        ctx.fix(outputs)
+    return [outputs]
+
+
+def depthwise(ctx: RuleContext) -> list:
+    """Depthwise convolution: each output channel follows its input channel (times the multiplier)."""
+    if not _channels_last(ctx):
+        return ctx.barrier()
+    layer = ctx.layer
+    channels = ctx.space("in", ctx.input_shapes[0][-1], "depthwise")
+    ctx.couple(ctx.inputs[0], channels)
+    outputs = np.repeat(channels, layer.depth_multiplier)
+    ctx.slice(layer.kernel, -2, channels)
+    ctx.slice(layer.bias, 0, outputs)
+    return [outputs]
+
+
+def separable(ctx: RuleContext) -> list:
+    if not _channels_last(ctx):
+        return ctx.barrier()
+    layer = ctx.layer
+    channels = ctx.space("in", ctx.input_shapes[0][-1], "depthwise")
+    ctx.couple(ctx.inputs[0], channels)
+    outputs = ctx.space("out", layer.filters, "out")
+    ctx.slice(layer.depthwise_kernel, -2, channels)
+    ctx.slice(layer.pointwise_kernel, -2, np.repeat(channels, layer.depth_multiplier))
+    ctx.slice(layer.pointwise_kernel, -1, outputs)
+    ctx.slice(layer.bias, 0, outputs)
+    ctx.edit("filters", outputs)
+    return [outputs]
+
+
+def dense(ctx: RuleContext) -> list:
+    layer = ctx.layer
+    inputs = ctx.space("in", ctx.input_shapes[0][-1], "in")
+    ctx.couple(ctx.inputs[0], inputs)
+    outputs = ctx.space("out", layer.units, "out")
+    ctx.slice(layer.kernel, 0, inputs)
+    ctx.slice(layer.kernel, 1, outputs)
+    ctx.slice(layer.bias, 0, outputs)
+    ctx.edit("units", outputs)
+    if _softmax(ctx.config("activation")):
+        ctx.fix(outputs)
+    return [outputs]
+
+
+def batch_normalization(ctx: RuleContext) -> list:
+    if not _last_axis_only(ctx, ctx.config("axis", -1)):
+        return ctx.barrier()
+    layer = ctx.layer
+    channels = ctx.space("channels", ctx.input_shapes[0][-1], "norm")
+    ctx.couple(ctx.inputs[0], channels)
+    for variable in (layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance):
+        ctx.slice(variable, 0, channels)
+    return [ctx.inputs[0]]
+
+
+def layer_normalization(ctx: RuleContext) -> list:
+    if not _last_axis_only(ctx, ctx.config("axis", -1)):
+        return ctx.barrier()
+    layer = ctx.layer
+    channels = ctx.space("channels", ctx.input_shapes[0][-1], "norm")
+    ctx.couple(ctx.inputs[0], channels)
+    ctx.slice(layer.gamma, 0, channels)
+    ctx.slice(layer.beta, 0, channels)
+    return [ctx.inputs[0]]
+
+
+def group_normalization(ctx: RuleContext) -> list:
+    """Channel j of every normalization group goes together, so the groups stay equal in size."""
+    if not _last_axis_only(ctx, ctx.config("axis", -1)):
+        return ctx.barrier()
+    layer = ctx.layer
+    size = ctx.input_shapes[0][-1]
+    groups = layer.groups if layer.groups != -1 else size
+    if groups == size and groups != 1:
+        # One channel per group: any channel may go, the group count follows.
+        channels = ctx.space("channels", size, "norm")
+        ctx.couple(ctx.inputs[0], channels)
+        if layer.groups != -1:
+            ctx.edit("groups", channels)
+    else:
+        local = ctx.space("channels", size // groups, "norm")
+        channels = np.tile(local, groups)
+        ctx.couple(ctx.inputs[0], channels)
+    ctx.slice(layer.gamma, 0, channels)
+    ctx.slice(layer.beta, 0, channels)
+    return [ctx.inputs[0]]
+
+
+def merge(ctx: RuleContext) -> list:
+    """Add, Subtract, Multiply, Average, Maximum, Minimum: every input's channels are one."""
+    widths = [_last(shape) for shape in ctx.input_shapes]
+    width = _last(ctx.output_shapes[0])
+    full = [atoms for atoms, w in zip(ctx.inputs, widths) if w == width]
+    for atoms, w in zip(ctx.inputs, widths):
+        if w == width:
+            ctx.couple(full[0], atoms)
+        else:  # broadcast along channels (one channel): keep it whole
+            ctx.fix(atoms)
+    for atoms in ctx.inputs:
+        ctx.mark("merge", atoms)
+    return [full[0]]
+
+
+def concatenate(ctx: RuleContext) -> list:
+    """Channel offsets into each source along the last axis; any other axis couples the inputs."""
+    rank = len(ctx.output_shapes[0])
+    for atoms in ctx.inputs:
+        ctx.mark("concat", atoms)
+    if ctx.config("axis", -1) % rank == rank - 1:
+        return [np.concatenate(ctx.inputs)]
+    for atoms in ctx.inputs[1:]:
+        ctx.couple(ctx.inputs[0], atoms)
+    return [ctx.inputs[0]]
+
+
+def flatten(ctx: RuleContext) -> list:
+    """Each channel maps to one Dense input per position (row-major, channels last)."""
+    shape = ctx.input_shapes[0]
+    if not _channels_last(ctx) or len(shape) < 2:
+        return ctx.barrier()
+    positions = math.prod(shape[1:-1])
+    ctx.mark("flatten", ctx.inputs[0])
+    return [np.tile(ctx.inputs[0], positions)]
+
+
+def reshape(ctx: RuleContext) -> list:
+    """Reshapes that keep the channel axis last, or flatten everything after the batch axis."""
+    source, target = ctx.input_shapes[0], ctx.output_shapes[0]
+    atoms = ctx.inputs[0]
+    old = list(ctx.config("target_shape"))
+    if target[-1] == source[-1] and len(source) > 1:
+        ctx.mark("reshape", atoms)
+        if old[-1] != -1:
+            ctx.edit("target_shape", atoms, lambda kept, old: [*old[:-1], kept])
+        return [atoms]
+    if len(target) == 2 and target[-1] == math.prod(source[1:]):
+        flat = np.tile(atoms, math.prod(source[1:-1]))
+        ctx.mark("reshape", atoms)
+        if old[-1] != -1:
+            ctx.edit("target_shape", flat, lambda kept, old: [kept])
+        return [flat]
+    return ctx.barrier()
+
+
+def permute(ctx: RuleContext) -> list:
+    dims = list(ctx.config("dims"))
+    if dims[-1] == len(dims):
+        return [ctx.inputs[0]]
+    return ctx.barrier()
+
+
+def embedding(ctx: RuleContext) -> list:
+    ctx.fix(ctx.inputs[0])
+    outputs = ctx.space("out", ctx.layer.output_dim, "out")
+    ctx.slice(ctx.layer.embeddings, 1, outputs)
+    ctx.edit("output_dim", outputs)
+    return [outputs]
+
+
+def recurrent(ctx: RuleContext) -> list:
+    """LSTM (4 gates), GRU (3) and SimpleRNN (1): each unit's gate blocks go together."""
+    layer = ctx.layer
+    cell = layer.cell
+    gates = 4 if isinstance(layer, L.LSTM) else 3 if isinstance(layer, L.GRU) else 1
+    inputs = ctx.space("in", ctx.input_shapes[0][-1], "in")
+    ctx.couple(ctx.inputs[0], inputs)
+    for atoms in ctx.inputs[1:]:  # initial states
+        ctx.fix(atoms)
+    units = ctx.space("out", layer.units, "out")
+    blocks = np.tile(units, gates)
+    ctx.slice(cell.kernel, 0, inputs)
+    ctx.slice(cell.kernel, 1, blocks)
+    ctx.slice(cell.recurrent_kernel, 0, units)
+    ctx.slice(cell.recurrent_kernel, 1, blocks)
+    ctx.slice(getattr(cell, "bias", None), -1, blocks)
+    ctx.edit("units", units)
+    return [units for _ in ctx.output_shapes]
+
+
+def multi_head_attention(ctx: RuleContext) -> list:
+    """Whole heads, each head's key dimension and value dimension; queries set the output width."""
+    layer = ctx.layer
+    query = ctx.args[0]
+    value = ctx.args[1] if len(ctx.args) > 1 else ctx.kwargs["value"]
+    key = ctx.args[2] if len(ctx.args) > 2 else ctx.kwargs.get("key")
+    key = value if key is None else key
+    for name, atoms in ctx.kwargs.items():
+        if name not in ("value", "key") and isinstance(atoms, np.ndarray):
+            ctx.fix(atoms)  # masks
+    q_in = ctx.space("query", len(query), "in")
+    k_in = ctx.space("key", len(key), "in")
+    v_in = ctx.space("value", len(value), "in")
+    ctx.couple(query, q_in)
+    ctx.couple(key, k_in)
+    ctx.couple(value, v_in)
+    heads = ctx.space("heads", layer.num_heads, "heads")
+    key_dim = ctx.space("key_dim", layer.key_dim, "key_dim")
+    value_dim = ctx.space("value_dim", layer.value_dim, "value_dim")
+    if ctx.config("output_shape") is None:
+        outputs = q_in
+    else:
+        outputs = ctx.fresh(_last(ctx.output_shapes[0]))
+    for dense, inputs, per_head in (
+        (layer.query_dense, q_in, key_dim),
+        (layer.key_dense, k_in, key_dim),
+        (layer.value_dense, v_in, value_dim),
+    ):
+        ctx.slice(dense.kernel, 0, inputs)
+        ctx.slice(dense.kernel, 1, heads)
+        ctx.slice(dense.kernel, 2, per_head)
+        if dense.bias is not None:
+            ctx.slice(dense.bias, 0, heads)
+            ctx.slice(dense.bias, 1, per_head)
+    ctx.slice(layer.output_dense.kernel, 0, heads)
+    ctx.slice(layer.output_dense.kernel, 1, value_dim)
+    ctx.slice(layer.output_dense.kernel, 2, outputs)
+    if layer.output_dense.bias is not None:
+        ctx.slice(layer.output_dense.bias, 0, outputs)
+    ctx.edit("num_heads", heads)
+    ctx.edit("key_dim", key_dim)
+    ctx.edit("value_dim", value_dim)
+
+    query_weights = [
+        index
+        for index, weight in enumerate(layer.weights)
+        if weight is layer.query_dense.kernel or weight is layer.query_dense.bias
+    ]
+    old_key_dim = layer.key_dim
+
+    def keep_attention_scale(weights, keep):
+        # Scores are divided by sqrt(key_dim): scale the queries so removed key dimensions that
+        # carried nothing leave the attention unchanged.
+        factor = math.sqrt(int(keep(key_dim).sum()) / old_key_dim)
+        return [w * factor if i in query_weights else w for i, w in enumerate(weights)]
+
+    ctx.finish(keep_attention_scale)
+    return [outputs] + [ctx.fresh(_last(shape)) for shape in ctx.output_shapes[1:]]
+
+
+def layer_scale(ctx: RuleContext) -> list:
+    """ConvNeXt's LayerScale: one weight per channel."""
+    channels = ctx.space("channels", ctx.input_shapes[0][-1], "norm")
+    ctx.couple(ctx.inputs[0], channels)
+    ctx.slice(ctx.layer.gamma, 0, channels)
+    ctx.edit("projection_dim", channels)
+    return [ctx.inputs[0]]
+
+
+def _application_layers() -> list:
+    """Custom layers of `keras.applications` (ConvNeXt's LayerScale, Inception-ResNet's scale).
+
+    They are defined only in Keras' private application modules; this is the one place importing them.
+    """
+    found = []
+    try:
+        from keras.src.applications.convnext import LayerScale
+
+        found.append((LayerScale, layer_scale))
+    except ImportError:  # pragma: no cover - older or newer Keras layouts
+        pass
+    try:
+        from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+        found.append((CustomScaleLayer, merge))
+    except ImportError:  # pragma: no cover
+        pass
+    return found
+
+
+_PASSTHROUGH = (
+    L.ReLU,
+    L.LeakyReLU,
+    L.ELU,
+    L.Dropout,
+    L.SpatialDropout1D,
+    L.SpatialDropout2D,
+    L.SpatialDropout3D,
+    L.GaussianNoise,
+    L.GaussianDropout,
+    L.AlphaDropout,
+    L.ActivityRegularization,
+    L.Identity,
+    L.UnitNormalization,
+    L.MaxPooling1D,
+    L.MaxPooling2D,
+    L.MaxPooling3D,
+    L.AveragePooling1D,
+    L.AveragePooling2D,
+    L.AveragePooling3D,
+    L.GlobalMaxPooling1D,
+    L.GlobalMaxPooling2D,
+    L.GlobalMaxPooling3D,
+    L.GlobalAveragePooling1D,
+    L.GlobalAveragePooling2D,
+    L.GlobalAveragePooling3D,
+    L.ZeroPadding1D,
+    L.ZeroPadding2D,
+    L.ZeroPadding3D,
+    L.Cropping1D,
+    L.Cropping2D,
+    L.Cropping3D,
+    L.UpSampling1D,
+    L.UpSampling2D,
+    L.UpSampling3D,
+    L.RepeatVector,
+)
+
+# Layers whose channels we do not follow, but which are safe to keep whole.
+_BARRIERS = (L.Normalization, L.EinsumDense, L.TimeDistributed, L.Bidirectional, L.Attention)
+
+
+def builtin_rules() -> list:
+    """(layer class, rule) pairs for Keras' own layers; the first `isinstance` match wins."""
+    rules = [(cls, passthrough) for cls in _PASSTHROUGH]
+    rules += [
+        (L.Activation, activation),
+        (L.Softmax, softmax),
+        (L.PReLU, prelu),
+        (L.Rescaling, rescaling),
+        (L.Conv1DTranspose, transposed_convolution),
+        (L.Conv2DTranspose, transposed_convolution),
+        (L.Conv3DTranspose, transposed_convolution),
+        (L.DepthwiseConv1D, depthwise),
+        (L.DepthwiseConv2D, depthwise),
+        (L.SeparableConv1D, separable),
+        (L.SeparableConv2D, separable),
+        (L.Conv1D, convolution),
+        (L.Conv2D, convolution),
+        (L.Conv3D, convolution),
+        (L.Dense, dense),
+        (L.BatchNormalization, batch_normalization),
+        (L.LayerNormalization, layer_normalization),
+        (L.GroupNormalization, group_normalization),
+        (L.Add, merge),
+        (L.Subtract, merge),
+        (L.Multiply, merge),
+        (L.Average, merge),
+        (L.Maximum, merge),
+        (L.Minimum, merge),
+        (L.Concatenate, concatenate),
+        (L.Flatten, flatten),
+        (L.Reshape, reshape),
+        (L.Permute, permute),
+        (L.Embedding, embedding),
+        (L.LSTM, recurrent),
+        (L.GRU, recurrent),
+        (L.SimpleRNN, recurrent),
+        (L.MultiHeadAttention, multi_head_attention),
+    ]
+    rules += [(cls, lambda ctx: ctx.barrier()) for cls in _BARRIERS]
+    return _application_layers() + rules
+
+
+def find_rule(layer, registered: dict) -> Rule | None:
+    """The rule for `layer`: a registered one for its class or a base class first, then Keras' own."""
+    for cls in type(layer).__mro__:
+        if cls in registered:
+            return registered[cls]
+    if isinstance(layer, L.Lambda):
+        return None
+    for cls, rule in builtin_rules():
+        if isinstance(layer, cls):
+            return rule
+    return None

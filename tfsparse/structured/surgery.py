@@ -1,0 +1,159 @@
+"""Model surgery: edit a model's config, rebuild it with `from_config`, set weights by layer name.
+
+The one way tfsparse rebuilds a model (structured pruning, depth pruning, ...): the user's model is
+never changed, and the result is an ordinary Keras model whose layers keep their names.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import keras
+import numpy as np
+
+
+def model_config(model: keras.Model) -> dict:
+    """A deep copy of `model`'s serialized config (what `keras.saving` writes), safe to edit.
+
+    Example:
+
+    ```python
+    config = model_config(model)
+    layer_config(config, "dense")["units"] = 16
+    ```
+    """
+    return copy.deepcopy(keras.saving.serialize_keras_object(model))
+
+
+def _layer_entries(config: dict) -> list:
+    return config["config"]["layers"]
+
+
+def layer_config(config: dict, path: str) -> dict:
+    """The config of the layer at `path` ("name" or "model/name") inside a `model_config` result.
+
+    Args:
+        config: from `model_config`.
+        path: the layer's name, prefixed by nested model names.
+
+    Returns:
+        The layer's own `config` dict (edit it in place).
+
+    Example:
+
+    ```python
+    layer_config(config, "block_1/conv")["filters"] = 8
+    ```
+    """
+    return layer_entry(config, path)["config"]
+
+
+def layer_entry(config: dict, path: str) -> dict:
+    """The serialized entry (`class_name`, `config`, `inbound_nodes`, ...) of the layer at `path`."""
+    entry = config
+    for name in path.split("/"):
+        for candidate in _layer_entries(entry):
+            if candidate["config"].get("name") == name:
+                entry = candidate
+                break
+        else:
+            raise ValueError(
+                f"No layer named '{name}' (in '{path}') in model config '{config['config']['name']}'."
+            )
+    return entry
+
+
+def _strip_build_configs(entry: dict) -> None:
+    # Layers are built when the rebuilt graph calls them; stale input shapes would refuse new widths.
+    entry.pop("build_config", None)
+    entry.pop("compile_config", None)
+    inner = entry.get("config")
+    if isinstance(inner, dict) and isinstance(inner.get("layers"), list):
+        for child in inner["layers"]:
+            _strip_build_configs(child)
+        inner.pop("build_input_shape", None)
+
+
+def leaf_layers(model: keras.Model, prefix: str = "") -> dict:
+    """`{path: layer}` for every layer of `model` that is not itself a model, nested ones included."""
+    found = {}
+    for layer in model.layers:
+        path = f"{prefix}{layer.name}"
+        if isinstance(layer, keras.Model):
+            found.update(leaf_layers(layer, f"{path}/"))
+        else:
+            found[path] = layer
+    return found
+
+
+def layer_weights(model: keras.Model) -> dict:
+    """`{path: [numpy weights]}` for every layer with weights (paths as in `leaf_layers`).
+
+    Example:
+
+    ```python
+    weights = layer_weights(model)
+    weights["dense"][0].shape   # the kernel
+    ```
+    """
+    return {path: [np.asarray(w) for w in layer.get_weights()] for path, layer in leaf_layers(model).items()}
+
+
+def rebuild(config: dict, weights: dict) -> keras.Model:
+    """A new model from an edited `model_config`, with weights set by layer path.
+
+    Args:
+        config: a `model_config(model)` result, edited (layer configs changed, layers removed and
+            inbound nodes rewired). Build configs are dropped, so layers take their new input widths.
+        weights: `{path: [numpy arrays]}` for each layer with weights (`layer_weights` of the
+            original, with sliced arrays where shapes changed). Layers not listed keep fresh weights.
+
+    Returns:
+        An ordinary Keras model; every layer keeps its name.
+
+    Example:
+
+    ```python
+    config = model_config(model)
+    layer_config(config, "dense")["units"] = 16
+    weights = layer_weights(model)
+    weights["dense"] = [weights["dense"][0][:, :16], weights["dense"][1][:16]]
+    weights["dense_1"] = [weights["dense_1"][0][:16], weights["dense_1"][1]]
+    smaller = rebuild(config, weights)
+    ```
+    """
+    config = copy.deepcopy(config)
+    _strip_build_configs(config)
+    model = keras.saving.deserialize_keras_object(config)
+    for path, layer in leaf_layers(model).items():
+        if path not in weights:
+            continue
+        values = weights[path]
+        expected = [tuple(w.shape) for w in layer.weights]
+        received = [tuple(np.shape(v)) for v in values]
+        if expected != received:
+            raise ValueError(
+                f"Layer '{path}' of the rebuilt model has weights of shapes {expected}, but the weights "
+                f"given have shapes {received}: the config edit and the sliced weights disagree."
+            )
+        layer.set_weights(values)
+    return model
+
+
+def slice_weights(values: list, slices: list, keep) -> list:
+    """Each weight with every position of its sliced axes whose channel is removed taken out.
+
+    Args:
+        values: a layer's weights, in `layer.weights` order.
+        slices: `WeightSlice`s of the layer (weight index, axis, atoms).
+        keep: `keep(atoms) -> bool mask`.
+
+    Returns:
+        The sliced weights, same order.
+    """
+    values = list(values)
+    for s in slices:
+        mask = keep(s.atoms)
+        if not mask.all():
+            values[s.index] = np.compress(mask, values[s.index], axis=s.axis)
+    return values
