@@ -18,6 +18,8 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
+from tfsparse.structured import surgery
+
 IMPORTANCES = ("l1", "l2", "output")
 
 
@@ -507,9 +509,10 @@ def apply_blocks(model: keras.Model, plan: BlockPlan) -> keras.Model:
                 f"Argument `plan` removes block {name!r}, which model '{model.name}' does not have as "
                 "planned; make the plan for this model with `plan_blocks(model, ...)`."
             )
-    if not plan.removed:
-        return _rebuild(model.get_config(), model)
-    return _rebuild(without_blocks(model.get_config(), [found[name] for name in plan.removed]), model)
+    config = surgery.model_config(model)
+    if plan.removed:
+        config["config"] = without_blocks(config["config"], [found[name] for name in plan.removed])
+    return surgery.rebuild(config, surgery.layer_weights(model))
 
 
 def prune_blocks(
@@ -544,9 +547,3 @@ def prune_blocks(
     """
     return apply_blocks(model, plan_blocks(model, n=n, ratio=ratio, importance=importance, data=data))
 
-
-def _rebuild(config: dict, model: keras.Model) -> keras.Model:
-    rebuilt = keras.Model.from_config(config)
-    for layer in rebuilt.layers:
-        layer.set_weights(model.get_layer(layer.name).get_weights())
-    return rebuilt
