@@ -1,6 +1,7 @@
 """The `tfsparse` command, run as a subprocess (plus cheap argument checks run in-process)."""
 
 import concurrent.futures
+import json
 import os
 import re
 import subprocess
@@ -265,3 +266,41 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_structured_prune_writes_a_model_with_fewer_channels_that_loads_without_tfsparse(files, tmp_path):
+    status, stdout, stderr = _run(
+        "prune", files / "tiny.keras", "--structured", "--ratio", "0.5", "--round-to", "2", "-o", "small.keras",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert status == 0 and stderr == [], stderr
+    assert "Wrote small.keras: parameters 4,650 -> " in stdout and "FLOPs per example" in stdout
+    small = keras.saving.load_model(tmp_path / "small.keras")
+    assert small.get_layer("conv2d").filters == 4 and small.get_layer("dense").units == 16
+    assert small.output_shape == (None, 10) and small.count_params() < 4650 / 2
+
+
+def test_inspect_groups_prints_the_coupled_channels(files, capfd):
+    status, stdout, stderr = _main(capfd, "inspect", files / "tiny.keras", "--groups")
+    assert status == 0, stderr
+    assert stdout.startswith("DependencyGraph of 'tiny_cnn'")
+    assert re.search(r"group +\d+: +8 channels, prunable .*conv2d\(out\).*batch_normalization", stdout)
+    status, stdout, _ = _main(capfd, "inspect", files / "tiny.keras", "--groups", "--json")
+    groups = json.loads(stdout)["groups"]
+    assert status == 0 and [(g["channels"], g["prunable"]) for g in groups][:2] == [(1, False), (8, True)]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["prune", "tiny.keras", "--structured", "--sparsity", "0.5", "-o", "x.keras"], "--sparsity is for"),
+        (["prune", "tiny.keras", "--structured", "-o", "x.keras"], "--structured needs --ratio"),
+        (["prune", "tiny.keras", "--ratio", "0.5", "-o", "x.keras"], "add --structured"),
+        (["prune", "tiny.keras", "--structured", "--ratio", "1.5", "-o", "x.keras"], "must be in"),
+        (["inspect", "corrupt.tflite", "--groups"], "--groups reads"),
+    ],
+)
+def test_structured_options_in_the_wrong_place_are_refused(files, capfd, monkeypatch, args, message):
+    monkeypatch.chdir(files)
+    status, _, stderr = _main(capfd, *args)
+    assert status == 2 and message in stderr[-1], stderr
