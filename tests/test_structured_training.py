@@ -1,0 +1,75 @@
+"""Gradual structured pruning: channel groups masked during fit, then removed by finalize."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import make_cnn, make_mlp
+
+import tfsparse
+from tfsparse.structured import DependencyGraph
+from tfsparse.structured.training import UpdateChannelMasks, finalize, masked_channels
+
+
+def _fit(model, schedule, epochs=2, **callback):
+    x = np.random.default_rng(0).normal(size=(64, *model.input_shape[1:])).astype("float32")
+    y = np.random.default_rng(1).integers(0, model.output_shape[-1], 64)
+    pruned = tfsparse.prune_low_magnitude(model, pruning_schedule=schedule)
+    pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(x, y, batch_size=8, epochs=epochs, callbacks=[UpdateChannelMasks(**callback)], verbose=0)
+    return pruned, x
+
+
+def test_fit_masks_whole_channels_and_finalize_removes_exactly_them():
+    pruned, x = _fit(make_cnn(), tfsparse.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=8, frequency=2))
+    stripped = tfsparse.strip_pruning(pruned)
+    conv, depthwise = stripped.get_layer("conv2d").get_weights()[0], stripped.get_layer("depthwise_conv2d")
+    dead = np.flatnonzero(np.abs(conv).reshape(-1, 8).sum(axis=0) == 0)
+    assert len(dead) == 4  # half of the 8 filters, whole
+    assert np.all(depthwise.get_weights()[0][:, :, dead] == 0)  # and the same channels downstream
+    dense_kernel = stripped.get_layer("dense").get_weights()[0]
+    assert (np.abs(dense_kernel).sum(axis=0) == 0).sum() == 16  # half of the 32 units
+    small = finalize(pruned)
+    assert small.get_layer("conv2d").filters == 4 and small.get_layer("dense").units == 16
+    assert small.count_params() < 0.6 * stripped.count_params()
+    np.testing.assert_allclose(small.predict_on_batch(x), stripped.predict_on_batch(x), atol=1e-5)
+
+
+def test_masked_channels_stay_masked_and_round_to_holds():
+    pruned, _ = _fit(
+        make_mlp(), tfsparse.PolynomialDecay(0.0, 0.6, begin_step=0, end_step=12, frequency=4), round_to=4
+    )
+    graph = DependencyGraph(tfsparse.strip_pruning(pruned))
+    removed = masked_channels(pruned, graph)
+    # 60% of 32 is 19.2; the 13 kept round to 12, a multiple of 4
+    assert sorted(len(channels) for channels in removed.values()) == [20, 20]
+    callback = UpdateChannelMasks()
+    callback.set_model(pruned)
+    callback.on_train_begin()
+    again = callback.update_masks({wrapper.layer.name: 0.75 for wrapper in pruned.layers[:2]})
+    for group, channels in removed.items():
+        assert set(channels) <= set(again[group]) and len(again[group]) == 24
+    callback.on_train_end()
+
+
+def test_finalize_removes_all_zero_channels_of_a_plain_model_without_changing_outputs():
+    model = make_mlp()
+    dense, head = model.layers[1], model.layers[2]
+    kernel, bias = dense.get_weights()
+    kernel[:, :10], bias[:10] = 0.0, 0.0
+    dense.set_weights([kernel, bias])
+    head_kernel, head_bias = head.get_weights()
+    head_kernel[:10] = 0.0
+    head.set_weights([head_kernel, head_bias])
+    x = np.random.default_rng(0).normal(size=(8, 16)).astype("float32")
+    small = finalize(model)
+    assert [layer.units for layer in small.layers[-3:]] == [32, 22, 4]
+    np.testing.assert_allclose(small.predict_on_batch(x), model.predict_on_batch(x), atol=1e-5)
+
+
+def test_bad_arguments_are_refused_by_name():
+    with pytest.raises(ValueError, match="`tolerance`"):
+        finalize(make_mlp(), tolerance=1.0)
+    with pytest.raises(ValueError, match="`round_to`"):
+        UpdateChannelMasks(round_to=0)
+    with pytest.raises(ValueError, match="`importance`"):
+        UpdateChannelMasks(importance="largest")
