@@ -546,4 +546,3 @@ def prune_blocks(
     ```
     """
     return apply_blocks(model, plan_blocks(model, n=n, ratio=ratio, importance=importance, data=data))
-

@@ -14,6 +14,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from tfsparse.analysis.latency import RUNTIMES
 from tfsparse.callbacks import UpdatePruningStep
 from tfsparse.mask_updates import collect_wrappers, sync_backend_state
 from tfsparse.prune import strip_pruning
@@ -21,6 +22,7 @@ from tfsparse.structured import importance as importance_module
 from tfsparse.structured.graph import DependencyGraph
 from tfsparse.structured.plan import Plan, _check_arguments, plan_for_graph
 from tfsparse.structured.pruning import apply
+from tfsparse.structured.speed import check_speedup
 from tfsparse.wrapper import PruneLowMagnitude
 
 
@@ -202,7 +204,9 @@ class UpdateChannelMasks(UpdatePruningStep):
         return removed
 
 
-def finalize(model: keras.Model, ignored_layers=(), tolerance: float = 0.0) -> keras.Model:
+def finalize(
+    model: keras.Model, ignored_layers=(), tolerance: float = 0.0, speed_check: str | None = "keras"
+) -> keras.Model:
     """The smaller model: removes the channels that carry nothing, rebuilding through a core `Plan`.
 
     For a model wrapped for pruning (trained with `UpdateChannelMasks`), the removed channels are
@@ -218,6 +222,9 @@ def finalize(model: keras.Model, ignored_layers=(), tolerance: float = 0.0) -> k
         ignored_layers: the `ignored_layers` the masks were made with.
         tolerance: for plain models, the share of the group's largest channel norm at or below
             which a channel counts as zero, in [0, 1).
+        speed_check: measure both models in this runtime ("keras" or "litert") and warn when the
+            speedup is less than half the FLOP reduction (`tfsparse.structured.speed.check_speedup`);
+            None to skip.
 
     Returns:
         An ordinary Keras model with fewer channels, the same inputs, outputs and layer names.
@@ -229,6 +236,10 @@ def finalize(model: keras.Model, ignored_layers=(), tolerance: float = 0.0) -> k
     small.save("small.keras")
     ```
     """
+    if speed_check not in (None, *RUNTIMES):
+        raise ValueError(
+            f"Argument `speed_check` must be None or one of {RUNTIMES}. Received: speed_check={speed_check!r}"
+        )
     if not isinstance(tolerance, (int, float)) or not 0.0 <= tolerance < 1.0:
         raise ValueError(f"Argument `tolerance` must be in [0, 1). Received: tolerance={tolerance!r}")
     if not isinstance(model, keras.Model):
@@ -257,4 +268,7 @@ def finalize(model: keras.Model, ignored_layers=(), tolerance: float = 0.0) -> k
     groups = {
         g: {"channels": graph.groups[g].channels, "layers": graph.groups[g].layers()[:4]} for g in removed
     }
-    return apply(plain, Plan(removed, reasons, graph.ignored_layers, groups))
+    small = apply(plain, Plan(removed, reasons, graph.ignored_layers, groups))
+    if speed_check is not None and removed:
+        check_speedup(plain, small, runtime=speed_check)
+    return small
