@@ -276,7 +276,9 @@ def test_structured_prune_writes_a_model_with_fewer_channels_that_loads_without_
     assert status == 0 and stderr == [], stderr
     assert "Wrote small.keras: parameters 4,650 -> " in stdout and "FLOPs per example" in stdout
     small = keras.saving.load_model(tmp_path / "small.keras")
-    assert small.get_layer("conv2d").filters == 4 and small.get_layer("dense").units == 16
+    conv = next(layer for layer in small.layers if type(layer) is keras.layers.Conv2D)
+    dense = next(layer for layer in small.layers if isinstance(layer, keras.layers.Dense))
+    assert conv.filters == 4 and dense.units == 16
     assert small.output_shape == (None, 10) and small.count_params() < 4650 / 2
 
 
@@ -284,7 +286,7 @@ def test_inspect_groups_prints_the_coupled_channels(files, capfd):
     status, stdout, stderr = _main(capfd, "inspect", files / "tiny.keras", "--groups")
     assert status == 0, stderr
     assert stdout.startswith("DependencyGraph of 'tiny_cnn'")
-    assert re.search(r"group +\d+: +8 channels, prunable .*conv2d\(out\).*batch_normalization", stdout)
+    assert re.search(r"group +\d+: +8 channels, prunable .*conv2d\w*\(out\).*batch_normalization", stdout)
     status, stdout, _ = _main(capfd, "inspect", files / "tiny.keras", "--groups", "--json")
     groups = json.loads(stdout)["groups"]
     assert status == 0 and [(g["channels"], g["prunable"]) for g in groups][:2] == [(1, False), (8, True)]
