@@ -82,9 +82,13 @@ def test_demo_trains_prunes_exports_and_prints_one_table(tmp_path):
         "TFLite float32, dense",
         "TFLite float32, sparse",
         "TFLite int8, sparse",
+        "TFLite float32, structured",
     ]
     percent = {name: [float(cell.rstrip("%")) for cell in row[:2]] for name, row in rows.items()}
     assert percent["Keras, dense"][1] == 0.0
+    structured = rows.pop("TFLite float32, structured")
+    assert float(structured[0].rstrip("%")) > 50.0
+    assert int(structured[2].split("/ ")[1].replace(",", "")) < 38_282 / 2
     for name in list(rows)[1:]:
         accuracy, sparsity = percent[name]
         assert accuracy > 50.0 and 85.0 < sparsity < 90.5, (name, rows[name])
