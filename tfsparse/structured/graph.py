@@ -35,7 +35,7 @@ def register_rule(layer_class: type, rule) -> None:
     Example:
 
     ```python
-    structured.register_rule(MyChannelScale, structured.rules.layer_scale)
+    structured.register_rule(MyChannelScale, structured.rules.channelwise("scale"))
     ```
     """
     if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
@@ -160,6 +160,7 @@ class DependencyGraph:
         self._atoms = Atoms()
         self.layers: dict[str, LayerRecord] = {}
         self._spaces: list[Space] = []
+        self._space_ids: set[int] = set()
         self._traced: dict[int, tuple] = {}
         self._used_ignored: set[str] = set()
         inputs = []
@@ -215,7 +216,7 @@ class DependencyGraph:
         )
         if rule is None:
             if not ignored:
-                kind = "a Lambda layer" if isinstance(layer, keras.layers.Lambda) else "a layer"
+                kind = "a Lambda layer" if isinstance(layer, keras.layers.Lambda) else "an operation"
                 raise ValueError(
                     f"Layer '{path}' is {kind} of type {type(layer).__name__} that structured pruning has "
                     "no rule for, so it cannot tell which of its channels belong together. Pass "
@@ -225,12 +226,14 @@ class DependencyGraph:
             outputs = ctx.barrier()
         else:
             outputs = list(rule(ctx))
+        record.calls += 1
         if len(outputs) != len(node.outputs):
             raise ValueError(
                 f"The rule for layer '{path}' returned {len(outputs)} outputs; the layer has {len(node.outputs)}."
             )
         for space in record.spaces.values():
-            if not any(space is s for s in self._spaces):
+            if id(space) not in self._space_ids:
+                self._space_ids.add(id(space))
                 self._spaces.append(space)
         return outputs
 

@@ -153,9 +153,30 @@ def _rounded_removal(group, wanted: int, round_to: int, max_ratio: float) -> int
     return count
 
 
-def _lowest(scores: np.ndarray, fixed: np.ndarray, count: int) -> list[int]:
-    masked = np.where(fixed, np.inf, scores)
-    return sorted(np.argsort(masked, kind="stable")[:count].tolist())
+_PRODUCERS = ("out", "heads", "key_dim", "value_dim")
+
+
+def _lowest(group, scores: np.ndarray, count: int, max_ratio: float) -> list[int]:
+    """The `count` lowest-scored removable channels, skipping any whose removal would take a producing
+    layer past `max_ratio` of its own channels (a concatenated branch never disappears)."""
+    producers = [m.channels for m in group.members if m.kind in _PRODUCERS]
+    limits = [min(int(math.floor(max_ratio * len(c))), len(c) - 1) for c in producers]
+    taken = [0] * len(producers)
+    uses = {}
+    for i, channels in enumerate(producers):
+        found, counts = np.unique(channels[channels >= 0], return_counts=True)
+        for channel, n in zip(found.tolist(), counts.tolist()):
+            uses.setdefault(channel, []).append((i, n))
+    chosen = []
+    for channel in np.argsort(np.where(group.fixed, np.inf, scores), kind="stable").tolist():
+        if len(chosen) >= count or group.fixed[channel]:
+            break
+        needs = uses.get(channel, [])
+        if all(taken[i] + n <= limits[i] for i, n in needs):
+            for i, n in needs:
+                taken[i] += n
+            chosen.append(channel)
+    return sorted(chosen)
 
 
 def plan(
@@ -227,7 +248,8 @@ def plan_for_graph(
         if count == 0:
             reasons[group.index] = "kept: ratio rounds to no channel"
             continue
-        removed[group.index] = _lowest(scores[group.index], group.fixed, count)
+        removed[group.index] = _lowest(group, scores[group.index], count, max_ratio)
+        count = len(removed[group.index])
         share = count / group.channels
         reasons[group.index] = f"{name}: lowest {count} of {group.channels} channels ({share:.0%})"
     groups = {

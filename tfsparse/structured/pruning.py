@@ -63,7 +63,10 @@ def apply(model: keras.Model, plan: Plan) -> keras.Model:
     """
     if not isinstance(plan, Plan):
         raise ValueError(f"Argument `plan` must be a tfsparse.structured.Plan. Received: plan={plan!r}")
-    graph = DependencyGraph(model, ignored_layers=plan.ignored_layers)
+    return _apply(model, plan, DependencyGraph(model, ignored_layers=plan.ignored_layers))
+
+
+def _apply(model: keras.Model, plan: Plan, graph: DependencyGraph) -> keras.Model:
     _check_plan_groups(graph, plan)
     keep = graph.keep_function(plan.removed)
     config = surgery.model_config(model)
@@ -86,7 +89,7 @@ def apply(model: keras.Model, plan: Plan) -> keras.Model:
             for finish in record.finishers:
                 values = finish(values, keep)
             weights[path] = values
-    return surgery.rebuild(config, weights)
+    return surgery.rebuild(config, weights, surgery.custom_objects(model))
 
 
 def prune(
@@ -126,4 +129,4 @@ def prune(
     _check_arguments(ratio, scope, round_to, max_ratio)
     graph = DependencyGraph(model, ignored_layers=ignored_layers)
     decided = plan_for_graph(model, graph, ratio, importance, scope, round_to, max_ratio, data, loss)
-    return apply(model, decided)
+    return _apply(model, decided, graph)

@@ -57,6 +57,7 @@ class LayerRecord:
     edits: list = field(default_factory=list)  # (key, atoms, transform)
     finishers: list = field(default_factory=list)  # fn(weights, keep) -> weights
     marks: list = field(default_factory=list)  # (kind, atoms): membership without weights
+    calls: int = 0  # calls traced so far
 
 
 class Atoms:
@@ -179,6 +180,9 @@ class RuleContext:
         for index, weight in enumerate(self.layer.weights):
             if weight is variable:
                 axis = axis % len(weight.shape)
+                if any(s.index == index and s.axis == axis for s in self._record.slices):
+                    return  # a shared layer's later call: its spaces are the same
+
                 if weight.shape[axis] != len(atoms):
                     raise ValueError(
                         f"Layer '{self.path}': weight '{weight.name}' has {weight.shape[axis]} positions "
@@ -190,11 +194,16 @@ class RuleContext:
 
     def edit(self, key: str, atoms: np.ndarray, transform: Callable | None = None) -> None:
         """Config `key` becomes the number of kept `atoms`, or `transform(kept, old value)`."""
-        self._record.edits.append((key, atoms, transform))
+        if all(key != edit[0] for edit in self._record.edits):
+            self._record.edits.append((key, atoms, transform))
 
     def finish(self, fn: Callable) -> None:
-        """`fn(weights, keep)` adjusts the sliced weights (list, layer order); `keep(atoms)` is a mask."""
-        self._record.finishers.append(fn)
+        """`fn(weights, keep)` adjusts the sliced weights (list, layer order); `keep(atoms)` is a mask.
+
+        Only the first call of a shared layer registers it.
+        """
+        if not self._record.calls:
+            self._record.finishers.append(fn)
 
     def mark(self, kind: str, atoms: np.ndarray) -> None:
         """Lists the layer as a member of the groups of `atoms` (for layers without weights)."""
@@ -273,12 +282,17 @@ def convolution(ctx: RuleContext) -> list:
     groups = int(ctx.config("groups", 1) or 1)
     channels = ctx.input_shapes[0][-1]
     filters = layer.filters
-    # A grouped convolution keeps its group count: channel j of every group goes together.
-    inputs = ctx.space("in", channels // groups, "in")
-    ctx.couple(ctx.inputs[0], np.tile(inputs, groups))
-    local = ctx.space("out", filters // groups, "out")
-    outputs = np.tile(local, groups)
-    ctx.slice(layer.kernel, -2, inputs)
+    if groups > 1 and channels == groups:
+        # One input channel per group (depthwise as a grouped convolution): whole groups go.
+        inputs = ctx.space("in", channels, "depthwise")
+        ctx.couple(ctx.inputs[0], inputs)
+        outputs = np.repeat(inputs, filters // groups)
+        ctx.edit("groups", inputs)
+    else:
+        ctx.slice(layer.kernel, -2, ctx.space("in", channels // groups, "in"))
+        # A grouped convolution keeps its group count: channel j of every group goes together.
+        ctx.couple(ctx.inputs[0], np.tile(ctx.space("in", channels // groups, "in"), groups))
+        outputs = np.tile(ctx.space("out", filters // groups, "out"), groups)
     ctx.slice(layer.kernel, -1, outputs)
     ctx.slice(layer.bias, 0, outputs)
     ctx.edit("filters", outputs)
@@ -540,13 +554,33 @@ def multi_head_attention(ctx: RuleContext) -> list:
     return [outputs] + [ctx.fresh(_last(shape)) for shape in ctx.output_shapes[1:]]
 
 
-def layer_scale(ctx: RuleContext) -> list:
-    """ConvNeXt's LayerScale: one weight per channel."""
-    channels = ctx.space("channels", ctx.input_shapes[0][-1], "norm")
-    ctx.couple(ctx.inputs[0], channels)
-    ctx.slice(ctx.layer.gamma, 0, channels)
-    ctx.edit("projection_dim", channels)
-    return [ctx.inputs[0]]
+def channelwise(*weights: str, config_key: str | None = None) -> Rule:
+    """A rule for layers that act on each channel alone with per-channel weights (a scale, a bias).
+
+    Args:
+        *weights: attribute names of the layer's per-channel weights (last axis = channels).
+        config_key: a config entry that holds the channel count, if any.
+
+    Returns:
+        A rule for `register_rule`.
+
+    Example:
+
+    ```python
+    register_rule(MyChannelScale, channelwise("scale"))
+    ```
+    """
+
+    def rule(ctx: RuleContext) -> list:
+        channels = ctx.space("channels", ctx.input_shapes[0][-1], "norm")
+        ctx.couple(ctx.inputs[0], channels)
+        for name in weights:
+            ctx.slice(getattr(ctx.layer, name), -1, channels)
+        if config_key is not None:
+            ctx.edit(config_key, channels)
+        return [ctx.inputs[0]]
+
+    return rule
 
 
 def _application_layers() -> list:
@@ -558,7 +592,7 @@ def _application_layers() -> list:
     try:
         from keras.src.applications.convnext import LayerScale
 
-        found.append((LayerScale, layer_scale))
+        found.append((LayerScale, channelwise("gamma", config_key="projection_dim")))
     except ImportError:  # pragma: no cover - older or newer Keras layouts
         pass
     try:
@@ -612,6 +646,77 @@ _PASSTHROUGH = (
 _BARRIERS = (L.Normalization, L.EinsumDense, L.TimeDistributed, L.Bidirectional, L.Attention)
 
 
+def operation(ctx: RuleContext) -> list:
+    """`keras.ops` calls in a functional graph (`x + 3.0`, `ops.relu(x)`): elementwise, like a merge."""
+    constants = [
+        value
+        for value in keras.tree.flatten((ctx.args, ctx.kwargs))
+        if not isinstance(value, (np.ndarray, str, bool, type(None)))
+    ]
+    if any(np.size(value) != 1 for value in constants):
+        return ctx.barrier()  # a constant per channel cannot be sliced
+    return merge(ctx)
+
+
+_ELEMENTWISE_OPS = {
+    "numpy": (
+        "Add",
+        "Subtract",
+        "Multiply",
+        "Divide",
+        "TrueDivide",
+        "Maximum",
+        "Minimum",
+        "Power",
+        "Abs",
+        "Absolute",
+        "Negative",
+        "Square",
+        "Sqrt",
+        "Exp",
+        "Log",
+        "Tanh",
+        "Clip",
+        "Sign",
+        "Reciprocal",
+    ),
+    "nn": (
+        "Relu",
+        "Relu6",
+        "Sigmoid",
+        "HardSigmoid",
+        "Silu",
+        "HardSilu",
+        "Gelu",
+        "Elu",
+        "Selu",
+        "LeakyRelu",
+        "Softplus",
+        "Softsign",
+        "Tanh",
+        "Mish",
+        "Celu",
+    ),
+}
+
+
+def _elementwise_operations() -> tuple:
+    """Classes of the elementwise `keras.ops` (private modules: the functional graph holds their instances).
+
+    This is the one place naming them.
+    """
+    from keras.src.ops import nn, numpy
+
+    modules = {"numpy": numpy, "nn": nn}
+    found = []
+    for module, names in _ELEMENTWISE_OPS.items():
+        for name in names:
+            cls = getattr(modules[module], name, None)
+            if isinstance(cls, type):
+                found.append(cls)
+    return tuple(found)
+
+
 def builtin_rules() -> list:
     """(layer class, rule) pairs for Keras' own layers; the first `isinstance` match wins."""
     rules = [(cls, passthrough) for cls in _PASSTHROUGH]
@@ -651,6 +756,7 @@ def builtin_rules() -> list:
         (L.MultiHeadAttention, multi_head_attention),
     ]
     rules += [(cls, lambda ctx: ctx.barrier()) for cls in _BARRIERS]
+    rules += [(cls, operation) for cls in _elementwise_operations()]
     return _application_layers() + rules
 
 

@@ -99,7 +99,21 @@ def layer_weights(model: keras.Model) -> dict:
     return {path: [np.asarray(w) for w in layer.get_weights()] for path, layer in leaf_layers(model).items()}
 
 
-def rebuild(config: dict, weights: dict) -> keras.Model:
+def custom_objects(model: keras.Model) -> dict:
+    """`{name: class}` of every layer class in `model` (nested ones included), so that a rebuild
+    finds custom layers that are not registered with Keras."""
+    found = {}
+    for layer in model.layers:
+        cls = type(layer)
+        if not cls.__module__.startswith("keras."):  # Keras' own are found by module
+            found[cls.__name__] = cls
+            found[keras.saving.get_registered_name(cls)] = cls
+        if isinstance(layer, keras.Model):
+            found.update(custom_objects(layer))
+    return found
+
+
+def rebuild(config: dict, weights: dict, custom_objects: dict | None = None) -> keras.Model:
     """A new model from an edited `model_config`, with weights set by layer path.
 
     Args:
@@ -107,6 +121,8 @@ def rebuild(config: dict, weights: dict) -> keras.Model:
             inbound nodes rewired). Build configs are dropped, so layers take their new input widths.
         weights: `{path: [numpy arrays]}` for each layer with weights (`layer_weights` of the
             original, with sliced arrays where shapes changed). Layers not listed keep fresh weights.
+        custom_objects: classes of custom layers that are not registered with Keras
+            (`custom_objects(model)` of the original).
 
     Returns:
         An ordinary Keras model; every layer keeps its name.
@@ -124,7 +140,9 @@ def rebuild(config: dict, weights: dict) -> keras.Model:
     """
     config = copy.deepcopy(config)
     _strip_build_configs(config)
-    model = keras.saving.deserialize_keras_object(config)
+    # The config comes from a model already in this process (not a file), so its Lambda layers'
+    # functions are the user's own: safe mode would only refuse them.
+    model = keras.saving.deserialize_keras_object(config, custom_objects=custom_objects, safe_mode=False)
     for path, layer in leaf_layers(model).items():
         if path not in weights:
             continue
