@@ -3,7 +3,9 @@
 For ResNet50, MobileNetV2, a small transformer encoder and the demo's digits CNN, at ratios 0.25,
 0.5 and 0.75 (`tfsparse.structured.prune`, importance "l2"), each column is the pruned model's
 value as a share of the unpruned model's: parameters, FLOPs (the ideal for latency), and the
-median latency in Keras on the CPU at batch 1 and 32 and in LiteRT (XNNPack, float32, batch 1).
+median latency in Keras on the CPU at batch 1 and 32 and in LiteRT (XNNPack, float32, batch 1),
+each model family measured in interleaved rounds (`measure_latencies`) so that a machine getting
+busier or quieter slows all of its models alike.
 A latency share at the FLOP share means the pruning paid off in full. Also: the time to build
 ResNet50's dependency graph and prune it, and, on digits, "50% of channels removed, then
 fine-tuned" against the dense model and against unstructured pruning to the same parameter count.
@@ -29,7 +31,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tfsparse import analysis, structured  # noqa: E402
-from tfsparse.analysis import count_flops, measure_latency  # noqa: E402
+from tfsparse.analysis import count_flops, measure_latencies  # noqa: E402
 from tfsparse.analysis.report import format_table  # noqa: E402
 
 RATIOS = (0.25, 0.5, 0.75)
@@ -67,34 +69,34 @@ def models(side: int) -> dict:
     }
 
 
-def latencies(model, repeats: int) -> tuple[float, float, float]:
-    """Median ms: Keras batch 1, Keras batch 32, LiteRT batch 1."""
+def latencies(models: list, repeats: int) -> list[tuple[float, float, float]]:
+    """Median ms per model: Keras batch 1, Keras batch 32, LiteRT batch 1, measured interleaved."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return (
-            measure_latency(model, "keras", 1, repeats=repeats),
-            measure_latency(model, "keras", 32, repeats=max(3, repeats // 3)),
-            measure_latency(model, "litert", 1, repeats=repeats * 5),
+        columns = (
+            measure_latencies(models, "keras", 1, repeats=repeats),
+            measure_latencies(models, "keras", 32, repeats=max(3, repeats // 3), rounds=3),
+            measure_latencies(models, "litert", 1, repeats=repeats * 5),
         )
+    return list(zip(*columns))
 
 
 def speedup_rows(side: int, repeats: int) -> list[list[str]]:
     rows = []
     for name, build in models(side).items():
         model = build()
+        smalls = [structured.prune(model, ratio=r, round_to=8 if name != "Digits CNN" else 1) for r in RATIOS]
+        base, *measured = latencies([model, *smalls], repeats)
         base_params, base_flops = model.count_params(), count_flops(model)
-        base = latencies(model, repeats)
         rows.append(
             [name, "0", f"{base_params:,}", f"{base_flops / 1e6:,.1f} M"]
             + [f"{value:.3f} ms" for value in base]
             + ["-"]
         )
         print(" | ".join(rows[-1]), flush=True)
-        for ratio in RATIOS:
-            small = structured.prune(model, ratio=ratio, round_to=8 if name != "Digits CNN" else 1)
+        for ratio, small, times in zip(RATIOS, smalls, measured):
             flops = count_flops(small) / base_flops
-            measured = latencies(small, repeats)
-            shares = [value / reference for value, reference in zip(measured, base)]
+            shares = [value / reference for value, reference in zip(times, base)]
             litert_speedup, flop_reduction = 1 / shares[2], 1 / flops
             rows.append(
                 [name, f"{ratio:g}", f"{small.count_params() / base_params:.2f}", f"{flops:.2f}"]

@@ -7,7 +7,7 @@ model and of its stripped copy match row for row.
 """
 
 from tfsparse.analysis.flops import count_flops, flops_by_layer
-from tfsparse.analysis.latency import measure_latency
+from tfsparse.analysis.latency import measure_latencies, measure_latency
 from tfsparse.analysis.report import (
     ParameterCount,
     SparsityReport,
@@ -26,6 +26,7 @@ __all__ = [
     "count_flops",
     "count_parameters",
     "flops_by_layer",
+    "measure_latencies",
     "measure_latency",
     "sparsity_report",
     "tflite_sparsity_report",

@@ -60,17 +60,6 @@ def _sample_inputs(specs, batch_size: int, seed: int = 0) -> list[np.ndarray]:
     return arrays
 
 
-def _median_ms(call, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 def _batched(model: keras.Model, specs, batch_size: int) -> keras.Model:
     """`model` as a model of one sample that holds `batch_size` of the original's samples.
 
@@ -104,6 +93,31 @@ def _litert_call(model: keras.Model, specs, batch_size: int):
     return interpreter.invoke
 
 
+def _checked(runtime, batch_size, repeats, warmup, rounds) -> tuple[int, int, int, int]:
+    if not isinstance(runtime, str) or runtime not in RUNTIMES:
+        raise ValueError(f"Argument `runtime` must be one of {RUNTIMES}. Received: runtime={runtime!r}")
+    return (
+        _check_positive("batch_size", batch_size),
+        _check_positive("repeats", repeats),
+        _check_positive("warmup", warmup, minimum=0),
+        _check_positive("rounds", rounds),
+    )
+
+
+def _call(model: keras.Model, runtime: str, batch_size: int):
+    specs = _input_shapes(model)
+    if runtime == "litert":
+        return _litert_call(model, specs, batch_size)
+    arrays = _sample_inputs(specs, batch_size)
+    batch = arrays if len(arrays) > 1 else arrays[0]
+
+    def call():
+        return model.predict_on_batch(batch)
+
+    call()  # the first call traces and compiles the predict function
+    return call
+
+
 def measure_latency(
     model: keras.Model,
     runtime: str = "keras",
@@ -124,7 +138,8 @@ def measure_latency(
       LiteRT interpreter with its default delegate (XNNPack). For `batch_size > 1` the file is
       traced with the batch folded into one sample, since a Keras 3 file cannot be resized.
 
-    Pruned (wrapped) models are measured as they are in Keras and stripped for LiteRT.
+    Pruned (wrapped) models are measured as they are in Keras and stripped for LiteRT. To compare
+    models on a busy machine, use `measure_latencies`, which interleaves them.
 
     Args:
         model: a Sequential or functional Keras model whose input shapes are fully known.
@@ -147,20 +162,55 @@ def measure_latency(
     print(f"speedup {dense_ms / small_ms:.2f}x")
     ```
     """
-    if not isinstance(runtime, str) or runtime not in RUNTIMES:
-        raise ValueError(f"Argument `runtime` must be one of {RUNTIMES}. Received: runtime={runtime!r}")
-    batch_size = _check_positive("batch_size", batch_size)
-    repeats = _check_positive("repeats", repeats)
-    warmup = _check_positive("warmup", warmup, minimum=0)
-    specs = _input_shapes(model)
-    if runtime == "litert":
-        call = _litert_call(model, specs, batch_size)
-    else:
-        arrays = _sample_inputs(specs, batch_size)
-        batch = arrays if len(arrays) > 1 else arrays[0]
+    return measure_latencies([model], runtime, batch_size, repeats, warmup, rounds=1)[0]
 
-        def call():
-            return model.predict_on_batch(batch)
 
-        warmup = max(warmup, 1)  # the first call traces and compiles the predict function
-    return _median_ms(call, repeats, warmup)
+def measure_latencies(
+    models,
+    runtime: str = "keras",
+    batch_size: int = 1,
+    repeats: int = 20,
+    warmup: int = 2,
+    rounds: int = 5,
+) -> list[float]:
+    """The median latency of each of `models`, in milliseconds, measured in interleaved rounds.
+
+    Each round times every model in turn, `repeats // rounds` calls each (at least one), so that a
+    machine that gets busier or quieter while measuring slows all models alike: the ratios between
+    them stay fair. Otherwise as `measure_latency`.
+
+    Args:
+        models: Keras models (a list or tuple).
+        runtime: "keras" or "litert".
+        batch_size: samples per call.
+        repeats: timed calls per model, spread over the rounds.
+        warmup: untimed calls per model before the first round.
+        rounds: how many times to go over the models.
+
+    Returns:
+        One median latency per model, in the order given.
+
+    Example:
+
+    ```python
+    dense_ms, small_ms = tfsparse.analysis.measure_latencies([model, small], runtime="litert")
+    ```
+    """
+    batch_size, repeats, warmup, rounds = _checked(runtime, batch_size, repeats, warmup, rounds)
+    if not isinstance(models, (list, tuple)) or not models:
+        raise ValueError(
+            f"Argument `models` must be a non-empty list of Keras models. Received: models={models!r}"
+        )
+    calls = [_call(model, runtime, batch_size) for model in models]
+    for call in calls:
+        for _ in range(warmup):
+            call()
+    times: list[list[float]] = [[] for _ in calls]
+    per_round = max(1, repeats // rounds)
+    for _ in range(rounds):
+        for call, timed in zip(calls, times):
+            for _ in range(per_round):
+                start = time.perf_counter()
+                call()
+                timed.append(time.perf_counter() - start)
+    return [statistics.median(timed) * 1e3 for timed in times]

@@ -14,7 +14,7 @@ import warnings
 import keras
 
 from tfsparse.analysis.flops import count_flops
-from tfsparse.analysis.latency import RUNTIMES, measure_latency
+from tfsparse.analysis.latency import RUNTIMES, measure_latencies
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +74,7 @@ def check_speedup(
         pruned: the model after pruning (same inputs).
         runtime: where to measure, "keras" or "litert" (see `tfsparse.analysis.measure_latency`).
         batch_size: samples per measured call.
-        repeats: timed calls per model (the median counts).
+        repeats: timed calls per model (the median counts), in two interleaved rounds.
         warn: emit a `UserWarning` when the speedup falls short.
 
     Returns:
@@ -91,9 +91,8 @@ def check_speedup(
         raise ValueError(f"Argument `runtime` must be one of {RUNTIMES}. Received: runtime={runtime!r}")
     report = SpeedupReport(
         flops=(count_flops(original), count_flops(pruned)),
-        latency_ms=(
-            measure_latency(original, runtime, batch_size, repeats=repeats),
-            measure_latency(pruned, runtime, batch_size, repeats=repeats),
+        latency_ms=tuple(
+            measure_latencies([original, pruned], runtime, batch_size, repeats=repeats, rounds=2)
         ),
         runtime=runtime,
         batch_size=batch_size,
