@@ -6,8 +6,14 @@ import pytest
 from conftest import make_cnn, make_mlp
 
 import tfsparse
-from tfsparse.structured import DependencyGraph
-from tfsparse.structured.training import UpdateChannelMasks, finalize, masked_channels
+from tfsparse.structured import DependencyGraph, group_scores
+from tfsparse.structured.training import (
+    ChannelGroupLasso,
+    UpdateChannelMasks,
+    finalize,
+    masked_channels,
+    prune_gradually,
+)
 
 
 def _fit(model, schedule, epochs=2, regularizer=None, **callback):
@@ -81,3 +87,48 @@ def test_bad_arguments_are_refused_by_name():
         UpdateChannelMasks(round_to=0)
     with pytest.raises(ValueError, match="`importance`"):
         UpdateChannelMasks(importance="largest")
+
+
+def _relative_norms(model):
+    """Each hidden channel group's channel norms over the group's largest, smallest first."""
+    stripped = tfsparse.strip_pruning(model)
+    scores = group_scores(stripped, DependencyGraph(stripped), "l2")
+    return [np.sort(values / values.max()) for values in scores.values()]
+
+
+def test_a_channel_group_lasso_pulls_whole_channels_to_zero_for_finalize(tabular):
+    x, y = tabular
+    trained = {}
+    for strength in (None, 5e-3):
+        keras.utils.set_random_seed(0)
+        pruned = prune_gradually(make_mlp(), tfsparse.ConstantSparsity(0.0, 0), group_lasso=strength)
+        pruned.compile(
+            keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
+        pruned.fit(x, y, batch_size=32, epochs=10, callbacks=[UpdateChannelMasks()], verbose=0)
+        trained[strength] = pruned
+    # Kernels are penalized along the axes of prunable groups only: not the inputs, not the logits.
+    assert [w.regularizer.groups for w in trained[5e-3].layers] == [
+        ["columns"],
+        ["rows", "columns"],
+        ["rows"],
+    ]
+    plain, lasso = _relative_norms(trained[None]), _relative_norms(trained[5e-3])
+    for without, with_lasso in zip(plain, lasso):
+        assert np.median(with_lasso[:8]) < np.median(without[:8]) / 3
+    small = finalize(trained[5e-3], tolerance=0.05, speed_check=None)
+    stripped = tfsparse.strip_pruning(trained[5e-3])
+    assert sum(layer.units for layer in small.layers[1:3]) < 64
+    accuracy = np.mean(np.argmax(small.predict_on_batch(x), axis=1) == y)
+    assert accuracy > 0.9 and accuracy >= np.mean(np.argmax(stripped.predict_on_batch(x), axis=1) == y) - 0.02
+
+
+def test_channel_group_lasso_round_trips_and_refuses_unknown_axes():
+    regularizer = ChannelGroupLasso(1e-3, groups=["rows", "columns"])
+    again = ChannelGroupLasso.from_config(regularizer.get_config())
+    kernel = np.arange(12, dtype="float32").reshape(3, 4)
+    rows = tfsparse.regularizers.GroupLasso(1e-3, "rows")(kernel)
+    columns = tfsparse.regularizers.GroupLasso(1e-3, "columns")(kernel)
+    np.testing.assert_allclose(float(again(kernel)), float(rows + columns), rtol=1e-6)
+    with pytest.raises(ValueError, match="`groups`"):
+        ChannelGroupLasso(groups=["filters"])

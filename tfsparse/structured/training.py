@@ -14,10 +14,12 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from tfsparse import regularizers
 from tfsparse.analysis.latency import RUNTIMES
 from tfsparse.callbacks import UpdatePruningStep
 from tfsparse.mask_updates import collect_wrappers, sync_backend_state
-from tfsparse.prune import strip_pruning
+from tfsparse.prune import prune_low_magnitude, strip_pruning
+from tfsparse.schedules import PruningSchedule
 from tfsparse.structured import importance as importance_module
 from tfsparse.structured.graph import DependencyGraph
 from tfsparse.structured.plan import Plan, _check_arguments, plan_for_graph
@@ -96,6 +98,103 @@ def channel_masks(graph: DependencyGraph, wrapper: PruneLowMagnitude, path: str,
                 mask = mask * keep(s.atoms).astype("float32").reshape(shape)
         masks.append(mask)
     return masks
+
+
+@keras.saving.register_keras_serializable(package="tfsparse")
+class ChannelGroupLasso(regularizers.GroupLasso):
+    """`GroupLasso` over both channel axes of a kernel at once: its input rows and output columns.
+
+    `prune_gradually` gives each pruned layer the axes its channels are removed along in the
+    model's `DependencyGraph`, so that a channel is driven to zero in the layer that writes it and
+    in every layer that reads it.
+
+    Args:
+        strength: a number >= 0 or a schedule of the pruning step.
+        groups: a list of "rows" and/or "columns".
+
+    Example:
+
+    ```python
+    regularizer = ChannelGroupLasso(1e-4, groups=["rows", "columns"])
+    ```
+    """
+
+    def __init__(self, strength=1e-4, groups=("rows", "columns")):
+        groups = [groups] if isinstance(groups, str) else list(groups)
+        if not groups or any(g not in ("rows", "columns") for g in groups):
+            raise ValueError(
+                f'Argument `groups` must list "rows" and/or "columns". Received: groups={groups!r}'
+            )
+        super().__init__(strength, groups=groups[0])
+        self.groups = groups
+
+    def penalty(self, weight):
+        return sum(regularizers.GroupLasso(1.0, groups=g).penalty(weight) for g in self.groups)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "groups": list(self.groups)}
+
+
+def _channel_axes(graph: DependencyGraph, wrapper: PruneLowMagnitude, path: str) -> list[str]:
+    """ "rows" and/or "columns": which of axes -2 and -1 of the wrapper's kernels hold channels of
+    a prunable group (model inputs and outputs are never pruned, so never penalized)."""
+    ranks = {w.name: len(w.shape) for w in wrapper.pruned_weights}
+    found = set()
+    for group in graph.groups:
+        if not group.prunable:
+            continue
+        for member in group.members:
+            if member.layer != path:
+                continue
+            for name, axis, _ in member.weights:
+                rank = ranks.get(name, 0)
+                if rank >= 2 and axis % rank == rank - 2:
+                    found.add("rows")
+                elif rank >= 2 and axis % rank == rank - 1:
+                    found.add("columns")
+    return [g for g in ("rows", "columns") if g in found]
+
+
+def prune_gradually(
+    model: keras.Model, pruning_schedule: PruningSchedule, group_lasso=None, ignored_layers=()
+) -> keras.Model:
+    """Wraps `model` for gradual structured pruning: fit it with `UpdateChannelMasks`, then `finalize`.
+
+    This is `tfsparse.prune_low_magnitude(model, pruning_schedule)` (the schedule's sparsity is
+    read as the share of each channel group to mask), plus, with `group_lasso`, a
+    `ChannelGroupLasso` on each pruned kernel along the axes its channels are removed along in the
+    model's `DependencyGraph`: rows for the channels a layer reads, columns for those it writes.
+    The penalty pulls whole channels toward zero, so the channels the schedule then masks carry
+    little.
+
+    Args:
+        model: a Sequential or functional model.
+        pruning_schedule: a `tfsparse.PolynomialDecay`, `ConstantSparsity` or other schedule.
+        group_lasso: None, or the penalty's strength: a number >= 0 or a schedule of the pruning
+            step (`tfsparse.regularizers.RampSchedule`).
+        ignored_layers: layers whose channels stay whole (pass the same to `UpdateChannelMasks`
+            and `finalize`).
+
+    Returns:
+        The wrapped model.
+
+    Example:
+
+    ```python
+    pruned = prune_gradually(model, tfsparse.PolynomialDecay(0.0, 0.5, 0, 1000), group_lasso=1e-4)
+    pruned.compile(...)
+    pruned.fit(x, y, epochs=4, callbacks=[UpdateChannelMasks()])
+    small = finalize(pruned)
+    ```
+    """
+    graph = DependencyGraph(model, ignored_layers=ignored_layers)
+    pruned = prune_low_magnitude(model, pruning_schedule=pruning_schedule)
+    if group_lasso is not None:
+        for path, wrapper in _wrappers_by_path(pruned).items():
+            axes = _channel_axes(graph, wrapper, path)
+            if axes:
+                wrapper.regularizer = ChannelGroupLasso(group_lasso, groups=axes)
+    return pruned
 
 
 class UpdateChannelMasks(UpdatePruningStep):
@@ -212,9 +311,11 @@ def finalize(
     For a model wrapped for pruning (trained with `UpdateChannelMasks`), the removed channels are
     those whose every kernel slice is masked; the result's outputs equal the masked model's
     (up to float rounding; layers that normalize across channels, LayerNormalization and
-    GroupNormalization, see fewer channels and are the exception). For a plain model (trained
-    with a `GroupLasso` penalty, say), a channel is removed when the l2 norm of all its group's
-    weights is at most `tolerance` times the largest of its group (0: exactly zero).
+    GroupNormalization, see fewer channels and are the exception). Also removed, in wrapped and
+    plain models: channels whose l2 norm over all their group's weights is at most `tolerance`
+    times the largest of their group (with 0, in a plain model: channels that are exactly zero).
+    That is how channels a group lasso (`prune_gradually(..., group_lasso=...)`) drove to near
+    zero are removed; their outputs then change by about what the removed weights carried.
 
     Args:
         model: a model from `tfsparse.prune_low_magnitude` trained with `UpdateChannelMasks`,
@@ -247,24 +348,29 @@ def finalize(
             f"Argument `model` must be a Keras model. Received: model={model!r} of type {type(model).__name__}"
         )
     wrapped = bool(collect_wrappers(model))
-    plain = strip_pruning(model) if wrapped else model
-    graph = DependencyGraph(plain, ignored_layers=ignored_layers)
     if wrapped:
         sync_backend_state(model)
-        removed = masked_channels(model, graph)
-        why = "masked during training"
-    else:
-        removed = {}
+    plain = strip_pruning(model) if wrapped else model
+    graph = DependencyGraph(plain, ignored_layers=ignored_layers)
+    masked = masked_channels(model, graph) if wrapped else {}
+    small_norms = {}
+    if not wrapped or tolerance > 0:
         for index, norms in importance_module.group_scores(plain, graph, "l2").items():
-            group = graph.groups[index]
-            gone = np.flatnonzero((norms <= tolerance * norms.max()) & ~group.fixed)
-            if len(gone) and len(gone) < group.channels:
-                removed[index] = gone.tolist()
-        why = "all weights zero" if tolerance == 0 else f"norm at most {tolerance:g} of the group's largest"
-    reasons = {
-        index: f"{why}: {len(channels)} of {graph.groups[index].channels}"
-        for index, channels in removed.items()
-    }
+            gone = np.flatnonzero((norms <= tolerance * norms.max()) & ~graph.groups[index].fixed)
+            if len(gone):
+                small_norms[index] = gone.tolist()
+    removed, reasons = {}, {}
+    for index in sorted(set(masked) | set(small_norms)):
+        channels = sorted(set(masked.get(index, [])) | set(small_norms.get(index, [])))
+        if len(channels) >= graph.groups[index].channels:
+            channels = masked.get(index, [])  # a group keeps at least one channel
+        if channels:
+            removed[index] = channels
+            reasons[index] = (
+                f"{len(masked.get(index, []))} masked during training, {len(small_norms.get(index, []))} with "
+                f"an l2 norm at most {tolerance:g} of the group's largest; {len(channels)} of "
+                f"{graph.groups[index].channels} removed"
+            )
     groups = {
         g: {"channels": graph.groups[g].channels, "layers": graph.groups[g].layers()[:4]} for g in removed
     }
