@@ -274,3 +274,24 @@ def test_subclassed_and_unbuilt_models_are_refused():
         structured.DependencyGraph(SubclassedModel())
     with pytest.raises(ValueError, match="not built"):
         structured.prune(keras.Sequential([L.Dense(2)]), 0.5)
+
+
+def test_keras_layers_without_a_channel_rule_keep_their_channels_whole():
+    inputs = keras.Input((5, 4))
+    x = L.Dense(8, name="a")(inputs)
+    x = L.EinsumDense("abc,cd->abd", output_shape=(None, 6), name="einsum")(x)
+    x = L.Dense(10, activation="relu", name="b")(x)
+    model = keras.Model(inputs, L.Dense(2)(x))
+    graph = structured.DependencyGraph(model)
+    assert not _group_of(graph, "a").prunable and _group_of(graph, "b").prunable
+    _check_removal_is_exact(model)
+
+
+def test_bidirectional_recurrent_layers_lose_the_same_units_in_both_directions():
+    inputs = keras.Input((5, 3))
+    x = L.Bidirectional(L.LSTM(8, return_sequences=True), name="both")(inputs)
+    x = L.Bidirectional(L.GRU(6), merge_mode="sum", name="summed")(x)
+    model = keras.Model(inputs, L.Dense(2)(x))
+    _, _, small = _check_removal_is_exact(model)
+    assert small.get_layer("both").forward_layer.units == small.get_layer("both").backward_layer.units == 4
+    assert small.get_layer("summed").forward_layer.units == 3

@@ -33,6 +33,8 @@ def test_ratio_zero_leaves_outputs_identical(cnn):
 
 def test_plan_json_round_trip_and_replay_give_identical_models(mlp):
     plan = structured.plan(mlp, ratio=0.25, importance="l1")
+    assert set(plan.reasons) == {g.index for g in structured.DependencyGraph(mlp).groups}
+    assert "l1: lowest 8 of 32 channels" in str(plan)
     again = structured.Plan.from_json(plan.to_json())
     assert again == plan and again.removed == plan.removed
     json.loads(plan.to_json())
@@ -78,8 +80,31 @@ def test_zero_carrying_channels_are_removed_without_changing_outputs():
         ({"ratio": 0.5, "importance": "l3"}, "importance"),
         ({"ratio": {"dense_2": 0.5}, "scope": "global"}, "global"),
         ({"ratio": 0.5, "ignored_layers": ["nope"]}, "nope"),
+        ({"ratio": {"nope": 0.5}}, "nope"),
     ],
 )
 def test_bad_arguments_are_refused_by_name(mlp, arguments, message):
     with pytest.raises(ValueError, match=message):
         structured.prune(mlp, **arguments)
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])  # TensorFlow: every other test here
+def test_structured_pruning_on_each_backend(backend):
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    script = os.path.join(os.path.dirname(__file__), "structured_backend.py")
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert facts["backend"] == backend
+    assert facts["filters"] == 4  # the four channels whose batch-norm scale is zero
+    assert facts["difference"] < 1e-4
+    assert facts["same_at_zero"]
+    assert facts["heads"] == 1
+    assert facts["taylor_groups"] >= 4 and facts["taylor_finite"]

@@ -288,11 +288,12 @@ class DependencyGraph:
         for c in order:
             by_root.setdefault(find(c), []).append(c)
         self.groups: list[Group] = []
-        self._group_of_class: dict[int, tuple[int, int]] = {}
+        self._class_group = np.full(len(roots), -1, dtype=np.int64)
+        self._class_position = np.full(len(roots), -1, dtype=np.int64)
         self._class_ids: list[np.ndarray] = []
         for index, classes in enumerate(by_root.values()):
-            for position, c in enumerate(classes):
-                self._group_of_class[c] = (index, position)
+            self._class_group[classes] = index
+            self._class_position[classes] = np.arange(len(classes))
             class_fixed = np.array([fixed[roots[c]] for c in classes], dtype=bool)
             self._class_ids.append(np.array(classes, dtype=np.int64))
             self.groups.append(Group(index, len(classes), [], bool((~class_fixed).any()), class_fixed))
@@ -300,11 +301,8 @@ class DependencyGraph:
 
     def _positions(self, atoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(group, channel) of each atom."""
-        found = [self._group_of_class.get(int(c), (-1, -1)) for c in self._roots[atoms].tolist()]
-        if not found:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        groups, channels = zip(*found)
-        return np.array(groups, dtype=np.int64), np.array(channels, dtype=np.int64)
+        classes = self._roots[np.asarray(atoms, dtype=np.int64)]
+        return self._class_group[classes], self._class_position[classes]
 
     def _add_members(self) -> None:
         seen = set()

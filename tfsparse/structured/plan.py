@@ -227,11 +227,19 @@ def plan_for_graph(
 ) -> Plan:
     """`plan` for an already built `DependencyGraph` of `model` (same arguments)."""
     _check_arguments(ratio, scope, round_to, max_ratio)
+    if isinstance(ratio, dict):
+        unknown = sorted(set(ratio) - set(graph.layers))
+        if unknown:
+            raise ValueError(
+                f"Argument `ratio` names layers that are not in model '{graph.model.name}': {unknown}. "
+                "Use layer names ('model/layer' inside nested models)."
+            )
     scores = importance_module.group_scores(model, graph, importance, data=data, loss=loss)
     name = importance if isinstance(importance, str) else getattr(importance, "__name__", "callable")
     removed, reasons, counts = {}, {}, {}
     for group in graph.groups:
         if not group.prunable:
+            reasons[group.index] = "fixed: tied to a model input or output, or kept whole"
             continue
         if group.index not in scores:
             reasons[group.index] = f"kept: no score ({name} needs a normalization layer in the group)"
@@ -248,8 +256,12 @@ def plan_for_graph(
         if count == 0:
             reasons[group.index] = "kept: ratio rounds to no channel"
             continue
-        removed[group.index] = _lowest(group, scores[group.index], count, max_ratio)
-        count = len(removed[group.index])
+        chosen = _lowest(group, scores[group.index], count, max_ratio)
+        if not chosen:
+            reasons[group.index] = "kept: every channel's removal would empty a layer past max_ratio"
+            continue
+        removed[group.index] = chosen
+        count = len(chosen)
         share = count / group.channels
         reasons[group.index] = f"{name}: lowest {count} of {group.channels} channels ({share:.0%})"
     groups = {

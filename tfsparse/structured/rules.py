@@ -158,7 +158,12 @@ class RuleContext:
 
     def fresh(self, size: int) -> np.ndarray:
         """New fixed atoms, for outputs whose channels nothing may remove."""
-        return self._atoms.new(int(size), fixed=True)
+        name = f"fixed_{len(self._record.spaces)}"
+        while name in self._record.spaces:
+            name += "_"
+        atoms = self._atoms.new(int(size), fixed=True)
+        self._record.spaces[name] = Space(self.path, name, "fixed", atoms)
+        return atoms
 
     def couple(self, a: np.ndarray, b: np.ndarray) -> None:
         """Channels `a[i]` and `b[i]` are removed together (same length)."""
@@ -213,6 +218,7 @@ class RuleContext:
         """Nothing flows through: inputs fixed, outputs new fixed channels."""
         for atoms in self.inputs:
             self.fix(atoms)
+            self.mark("fixed", atoms)
         return [self.fresh(_last(shape)) for shape in self.output_shapes]
 
 
@@ -494,6 +500,42 @@ def recurrent(ctx: RuleContext) -> list:
     return [units for _ in ctx.output_shapes]
 
 
+def bidirectional(ctx: RuleContext) -> list:
+    """A Bidirectional LSTM, GRU or SimpleRNN: both directions lose the same units."""
+    layer = ctx.layer
+    forward, backward = layer.forward_layer, layer.backward_layer
+    recurrent_types = (L.LSTM, L.GRU, L.SimpleRNN)
+    if (
+        not isinstance(forward, recurrent_types)
+        or type(forward) is not type(backward)
+        or forward.units != backward.units
+        or layer.merge_mode is None
+        or len(ctx.inputs) != 1
+    ):
+        return ctx.barrier()
+    gates = 4 if isinstance(forward, L.LSTM) else 3 if isinstance(forward, L.GRU) else 1
+    inputs = ctx.space("in", ctx.input_shapes[0][-1], "in")
+    ctx.couple(ctx.inputs[0], inputs)
+    units = ctx.space("out", forward.units, "out")
+    blocks = np.tile(units, gates)
+    for direction in (forward, backward):
+        cell = direction.cell
+        ctx.slice(cell.kernel, 0, inputs)
+        ctx.slice(cell.kernel, 1, blocks)
+        ctx.slice(cell.recurrent_kernel, 0, units)
+        ctx.slice(cell.recurrent_kernel, 1, blocks)
+        ctx.slice(getattr(cell, "bias", None), -1, blocks)
+
+    def with_units(kept, old):
+        return {**old, "config": {**old["config"], "units": kept}}
+
+    ctx.edit("layer", units, with_units)
+    if ctx.config("backward_layer") is not None:
+        ctx.edit("backward_layer", units, with_units)
+    output = np.concatenate([units, units]) if layer.merge_mode == "concat" else units
+    return [output] + [units for _ in ctx.output_shapes[1:]]
+
+
 def multi_head_attention(ctx: RuleContext) -> list:
     """Whole heads, each head's key dimension and value dimension; queries set the output width."""
     layer = ctx.layer
@@ -640,10 +682,14 @@ _PASSTHROUGH = (
     L.UpSampling2D,
     L.UpSampling3D,
     L.RepeatVector,
+    L.Resizing,
+    L.CenterCrop,
+    L.RandomFlip,
+    L.RandomRotation,
+    L.RandomZoom,
+    L.RandomTranslation,
+    L.RandomCrop,
 )
-
-# Layers whose channels we do not follow, but which are safe to keep whole.
-_BARRIERS = (L.Normalization, L.EinsumDense, L.TimeDistributed, L.Bidirectional, L.Attention)
 
 
 def operation(ctx: RuleContext) -> list:
@@ -754,14 +800,23 @@ def builtin_rules() -> list:
         (L.GRU, recurrent),
         (L.SimpleRNN, recurrent),
         (L.MultiHeadAttention, multi_head_attention),
+        (L.Bidirectional, bidirectional),
     ]
-    rules += [(cls, lambda ctx: ctx.barrier()) for cls in _BARRIERS]
     rules += [(cls, operation) for cls in _elementwise_operations()]
     return _application_layers() + rules
 
 
+def keep_whole(ctx: RuleContext) -> list:
+    """Keras' own layers and operations without a rule of their own: channels on both sides stay."""
+    return ctx.barrier()
+
+
 def find_rule(layer, registered: dict) -> Rule | None:
-    """The rule for `layer`: a registered one for its class or a base class first, then Keras' own."""
+    """The rule for `layer`: a registered one for its class or a base class first, then Keras' own.
+
+    Keras' own layers and operations without a channel rule keep their channels whole (always correct,
+    never smaller); a Lambda or a custom layer without a registered rule has none (refused).
+    """
     for cls in type(layer).__mro__:
         if cls in registered:
             return registered[cls]
@@ -770,4 +825,6 @@ def find_rule(layer, registered: dict) -> Rule | None:
     for cls, rule in builtin_rules():
         if isinstance(layer, cls):
             return rule
+    if type(layer).__module__.startswith("keras."):
+        return keep_whole
     return None

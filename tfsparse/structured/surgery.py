@@ -63,15 +63,18 @@ def layer_entry(config: dict, path: str) -> dict:
     return entry
 
 
-def _strip_build_configs(entry: dict) -> None:
-    # Layers are built when the rebuilt graph calls them; stale input shapes would refuse new widths.
-    entry.pop("build_config", None)
-    entry.pop("compile_config", None)
-    inner = entry.get("config")
-    if isinstance(inner, dict) and isinstance(inner.get("layers"), list):
-        for child in inner["layers"]:
-            _strip_build_configs(child)
-        inner.pop("build_input_shape", None)
+def _strip_build_configs(entry) -> None:
+    # Layers are built when the rebuilt graph calls them; stale input shapes (also those of layers
+    # serialized inside wrappers such as Bidirectional) would refuse new widths.
+    if isinstance(entry, dict):
+        if "class_name" in entry and "config" in entry:
+            entry.pop("build_config", None)
+            entry.pop("compile_config", None)
+        for value in entry.values():
+            _strip_build_configs(value)
+    elif isinstance(entry, list):
+        for value in entry:
+            _strip_build_configs(value)
 
 
 def leaf_layers(model: keras.Model, prefix: str = "") -> dict:
