@@ -295,3 +295,32 @@ def test_bidirectional_recurrent_layers_lose_the_same_units_in_both_directions()
     _, _, small = _check_removal_is_exact(model)
     assert small.get_layer("both").forward_layer.units == small.get_layer("both").backward_layer.units == 4
     assert small.get_layer("summed").forward_layer.units == 3
+
+
+def test_ignored_layers_keep_their_own_channels_but_may_lose_inputs(mlp):
+    first, second = mlp.layers[0].name, mlp.layers[1].name
+    small = structured.prune(mlp, 0.5, ignored_layers=[second])
+    assert small.layers[0].units == 16 and small.layers[1].units == 32
+    assert small.layers[1].kernel.shape == (16, 32)
+    assert structured.prune(mlp, 0.5, ignored_layers=[first]).layers[0].units == 32
+
+
+def test_layers_wrapped_for_unstructured_pruning_are_refused():
+    import tfsparse
+
+    wrapped = tfsparse.prune_low_magnitude(
+        keras.Sequential([keras.Input((4,)), L.Dense(8), L.Dense(2)]),
+        pruning_schedule=tfsparse.ConstantSparsity(0.5, 0),
+    )
+    with pytest.raises(ValueError, match="strip_pruning"):
+        structured.DependencyGraph(wrapped)
+
+
+def test_channels_first_layers_keep_their_channels_whole():
+    inputs = keras.Input((3, 6, 6))
+    x = L.Conv2D(8, 3, data_format="channels_first", name="conv")(inputs)
+    x = L.BatchNormalization(axis=1)(x)
+    x = L.Dense(8, activation="relu", name="hidden")(L.Flatten(data_format="channels_first")(x))
+    model = keras.Model(inputs, L.Dense(2)(x))
+    _, _, small = _check_removal_is_exact(model)
+    assert small.get_layer("conv").filters == 8 and small.get_layer("hidden").units == 4

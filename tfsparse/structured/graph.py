@@ -14,6 +14,7 @@ import numpy as np
 
 from tfsparse.structured import rules as rules_module
 from tfsparse.structured.rules import SOURCE_KINDS, Atoms, LayerRecord, RuleContext, Space
+from tfsparse.wrapper import PruneLowMagnitude
 
 _REGISTERED: dict = {}
 
@@ -135,8 +136,10 @@ class DependencyGraph:
 
     Args:
         model: a built Sequential or functional model (nested models allowed).
-        ignored_layers: names (or paths "outer/inner") of layers whose channels must not change;
-            also the way past layers without a rule (Lambda, custom layers): they are kept whole.
+        ignored_layers: names (or paths "outer/inner") of layers whose own channels (outputs,
+            normalized channels, heads) must not change; they may still lose input channels that the
+            layers before them drop. Also the way past layers without a rule (Lambda, custom layers):
+            those are kept whole on both sides.
 
     Attributes:
         groups: list of `Group`, in graph order.
@@ -206,6 +209,11 @@ class DependencyGraph:
             return self._call_model(layer, path, inputs)
         record = self.layers.setdefault(path, LayerRecord(path, type(layer).__name__))
         ignored = self._is_ignored(path, layer.name)
+        if isinstance(layer, PruneLowMagnitude):
+            raise ValueError(
+                f"Layer '{path}' is wrapped for unstructured pruning (PruneLowMagnitude). Call "
+                "tfsparse.strip_pruning(model) first, then prune its structure."
+            )
         rule = rules_module.find_rule(layer, _REGISTERED)
         input_shapes = [_shape(t) for t in node.input_tensors]
         output_shapes = [_shape(t) for t in node.outputs]

@@ -11,7 +11,20 @@ IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "lamp", "random")
 
 
 def check_importance(importance) -> None:
-    """A `ValueError` unless `importance` is one of `IMPORTANCES` or a callable."""
+    """A `ValueError` unless `importance` is one of `IMPORTANCES` or a callable.
+
+    Args:
+        importance: the value to check.
+
+    Returns:
+        None.
+
+    Example:
+
+    ```python
+    check_importance("l1")
+    ```
+    """
     if not callable(importance) and importance not in IMPORTANCES:
         raise ValueError(
             f"Argument `importance` must be one of {list(IMPORTANCES)} or a callable "

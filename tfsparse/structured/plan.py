@@ -199,7 +199,8 @@ def plan(
         importance: "l1", "l2", "bn_scale", "taylor", "lamp", "random", or `fn(model, group) -> scores`.
         scope: "layer" (each group loses `ratio` of its channels) or "global" (channels of all
             groups ranked together, scores divided by their group's mean unless "lamp").
-        ignored_layers: layer names whose channels stay whole (also the way past layers without a rule).
+        ignored_layers: layer names whose own channels stay whole (see `DependencyGraph`); also the
+            way past Lambda and custom layers without a rule.
         round_to: keep channel counts at multiples of this (8 suits most accelerators).
         max_ratio: no group loses more than this share of its channels.
         data: `(x, y)` for "taylor".
@@ -225,7 +226,23 @@ def plan(
 def plan_for_graph(
     model, graph, ratio=0.5, importance="l2", scope="layer", round_to=1, max_ratio=0.9, data=None, loss=None
 ) -> Plan:
-    """`plan` for an already built `DependencyGraph` of `model` (same arguments)."""
+    """`plan` for an already built `DependencyGraph` of `model`.
+
+    Args:
+        model: the model.
+        graph: `DependencyGraph(model, ignored_layers=...)`.
+        ratio, importance, scope, round_to, max_ratio, data, loss: as in `plan`.
+
+    Returns:
+        A `Plan`.
+
+    Example:
+
+    ```python
+    graph = DependencyGraph(model)
+    p = plan_for_graph(model, graph, ratio=0.3)
+    ```
+    """
     _check_arguments(ratio, scope, round_to, max_ratio)
     if isinstance(ratio, dict):
         unknown = sorted(set(ratio) - set(graph.layers))

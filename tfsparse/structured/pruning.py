@@ -110,7 +110,7 @@ def prune(
         ratio: share of each group's channels to remove, or `{layer name: ratio}`.
         importance: "l1", "l2", "bn_scale", "taylor", "lamp", "random", or `fn(model, group) -> scores`.
         scope: "layer" or "global" (see `plan`).
-        ignored_layers: layers whose channels stay whole.
+        ignored_layers: layers whose own channels stay whole (see `DependencyGraph`).
         round_to: keep channel counts at multiples of this.
         max_ratio: no group loses more than this share.
         data: `(x, y)` for "taylor".

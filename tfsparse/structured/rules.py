@@ -108,7 +108,8 @@ class RuleContext:
         inputs: atoms of each input tensor's last axis, in the order of the call's flattened inputs.
         args, kwargs: the call's arguments with each tensor replaced by its atoms.
         input_shapes, output_shapes: shapes of the call's tensors (batch axis included).
-        ignored: whether the user listed this layer in `ignored_layers` (its spaces are then fixed).
+        ignored: whether the user listed this layer in `ignored_layers` (its spaces are then fixed,
+            except the input channels it reads: those follow the layers that produce them).
 
     Example of a rule for a custom layer that scales each channel by a weight `scale`:
 
@@ -143,11 +144,12 @@ class RuleContext:
         """The layer's channel space `name` of `size` channels (the same atoms on every call).
 
         `kind` says what it is: "out" (channels the layer produces), "in" (channels it reads),
-        "norm", "depthwise", "heads", ... Spaces of an ignored layer are fixed.
+        "norm", "depthwise", "heads", ... Spaces of an ignored layer are fixed, but for "in".
         """
         spaces = self._record.spaces
         if name not in spaces:
-            spaces[name] = Space(self.path, name, kind, self._atoms.new(int(size), fixed=self.ignored))
+            fixed = self.ignored and kind != "in"
+            spaces[name] = Space(self.path, name, kind, self._atoms.new(int(size), fixed=fixed))
         elif len(spaces[name].atoms) != size:
             raise ValueError(
                 f"Layer '{self.path}' is called with {size} channels where an earlier call had "

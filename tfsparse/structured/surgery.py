@@ -15,6 +15,12 @@ import numpy as np
 def model_config(model: keras.Model) -> dict:
     """A deep copy of `model`'s serialized config (what `keras.saving` writes), safe to edit.
 
+    Args:
+        model: a Sequential or functional model.
+
+    Returns:
+        A dict with `class_name`, `config` (its `layers`, each with `inbound_nodes`), `module`, ...
+
     Example:
 
     ```python
@@ -49,7 +55,21 @@ def layer_config(config: dict, path: str) -> dict:
 
 
 def layer_entry(config: dict, path: str) -> dict:
-    """The serialized entry (`class_name`, `config`, `inbound_nodes`, ...) of the layer at `path`."""
+    """The serialized entry (`class_name`, `config`, `inbound_nodes`, ...) of the layer at `path`.
+
+    Args:
+        config: from `model_config`.
+        path: the layer's name, prefixed by nested model names ("block/conv").
+
+    Returns:
+        The entry dict (edit it in place; remove it from its model's `layers` to drop the layer).
+
+    Example:
+
+    ```python
+    layer_entry(config, "dense")["inbound_nodes"]
+    ```
+    """
     entry = config
     for name in path.split("/"):
         for candidate in _layer_entries(entry):
@@ -78,7 +98,21 @@ def _strip_build_configs(entry) -> None:
 
 
 def leaf_layers(model: keras.Model, prefix: str = "") -> dict:
-    """`{path: layer}` for every layer of `model` that is not itself a model, nested ones included."""
+    """`{path: layer}` for every layer of `model` that is not itself a model, nested ones included.
+
+    Args:
+        model: a Keras model.
+        prefix: prepended to every path.
+
+    Returns:
+        `{"name" or "model/name": layer}`, in `model.layers` order.
+
+    Example:
+
+    ```python
+    leaf_layers(model)["block/conv"].filters
+    ```
+    """
     found = {}
     for layer in model.layers:
         path = f"{prefix}{layer.name}"
@@ -90,7 +124,13 @@ def leaf_layers(model: keras.Model, prefix: str = "") -> dict:
 
 
 def layer_weights(model: keras.Model) -> dict:
-    """`{path: [numpy weights]}` for every layer with weights (paths as in `leaf_layers`).
+    """`{path: [numpy weights]}` for every layer (paths as in `leaf_layers`).
+
+    Args:
+        model: a Keras model.
+
+    Returns:
+        Each layer's `get_weights()`, by path.
 
     Example:
 
@@ -104,7 +144,20 @@ def layer_weights(model: keras.Model) -> dict:
 
 def custom_objects(model: keras.Model) -> dict:
     """`{name: class}` of every layer class in `model` (nested ones included), so that a rebuild
-    finds custom layers that are not registered with Keras."""
+    finds custom layers that are not registered with Keras.
+
+    Args:
+        model: the model whose config is being rebuilt.
+
+    Returns:
+        Class names and registered names mapped to classes (Keras' own classes left out).
+
+    Example:
+
+    ```python
+    rebuild(config, weights, custom_objects(model))
+    ```
+    """
     found = {}
     for layer in model.layers:
         cls = type(layer)
@@ -171,6 +224,14 @@ def slice_weights(values: list, slices: list, keep) -> list:
 
     Returns:
         The sliced weights, same order.
+
+    Example:
+
+    ```python
+    graph = DependencyGraph(model)
+    record = graph.layers["dense"]
+    slice_weights(layer_weights(model)["dense"], record.slices, graph.keep_function({1: [0]}))
+    ```
     """
     values = list(values)
     for s in slices:
