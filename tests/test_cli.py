@@ -1,6 +1,7 @@
 """The `tfsparse` command, run as a subprocess (plus cheap argument checks run in-process)."""
 
 import concurrent.futures
+import json
 import os
 import re
 import subprocess
@@ -83,9 +84,13 @@ def test_demo_trains_prunes_exports_and_prints_one_table(tmp_path):
         "TFLite float32, dense",
         "TFLite float32, sparse",
         "TFLite int8, sparse",
+        "TFLite float32, structured",
     ]
     percent = {name: [float(cell.rstrip("%")) for cell in row[:2]] for name, row in rows.items()}
     assert percent["Keras, dense"][1] == 0.0
+    structured = rows.pop("TFLite float32, structured")
+    assert float(structured[0].rstrip("%")) > 50.0
+    assert int(structured[2].split("/ ")[1].replace(",", "")) < 38_282 / 2
     for name in list(rows)[1:]:
         accuracy, sparsity = percent[name]
         assert accuracy > 50.0 and 85.0 < sparsity < 90.5, (name, rows[name])
@@ -439,3 +444,41 @@ def test_any_quantize_text_is_a_one_line_usage_error_or_a_valid_export(files, ca
         output.unlink()
     else:
         assert not output.exists()
+def test_structured_prune_writes_a_model_with_fewer_channels_that_loads_without_tfsparse(files, tmp_path):
+    status, stdout, stderr = _run(
+        "prune", files / "tiny.keras", "--structured", "--ratio", "0.5", "--round-to", "2", "-o", "small.keras",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert status == 0 and stderr == [], stderr
+    assert "Wrote small.keras: parameters 4,650 -> " in stdout and "FLOPs per example" in stdout
+    small = keras.saving.load_model(tmp_path / "small.keras")
+    conv = next(layer for layer in small.layers if type(layer) is keras.layers.Conv2D)
+    dense = next(layer for layer in small.layers if isinstance(layer, keras.layers.Dense))
+    assert conv.filters == 4 and dense.units == 16
+    assert small.output_shape == (None, 10) and small.count_params() < 4650 / 2
+
+
+def test_inspect_groups_prints_the_coupled_channels(files, capfd):
+    status, stdout, stderr = _main(capfd, "inspect", files / "tiny.keras", "--groups")
+    assert status == 0, stderr
+    assert stdout.startswith("DependencyGraph of 'tiny_cnn'")
+    assert re.search(r"group +\d+: +8 channels, prunable .*conv2d\w*\(out\).*batch_normalization", stdout)
+    status, stdout, _ = _main(capfd, "inspect", files / "tiny.keras", "--groups", "--json")
+    groups = json.loads(stdout)["groups"]
+    assert status == 0 and [(g["channels"], g["prunable"]) for g in groups][:2] == [(1, False), (8, True)]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["prune", "tiny.keras", "--structured", "--sparsity", "0.5", "-o", "x.keras"], "--sparsity is for"),
+        (["prune", "tiny.keras", "--structured", "-o", "x.keras"], "--structured needs --ratio"),
+        (["prune", "tiny.keras", "--ratio", "0.5", "-o", "x.keras"], "add --structured"),
+        (["prune", "tiny.keras", "--structured", "--ratio", "1.5", "-o", "x.keras"], "must be in"),
+        (["inspect", "corrupt.tflite", "--groups"], "--groups reads"),
+    ],
+)
+def test_structured_options_in_the_wrong_place_are_refused(files, capfd, monkeypatch, args, message):
+    monkeypatch.chdir(files)
+    status, _, stderr = _main(capfd, *args)
+    assert status == 2 and message in stderr[-1], stderr

@@ -119,6 +119,12 @@ def _run_inspect(args) -> None:
     from tfsparse import _files, analysis
 
     if args.model.lower().endswith(".tflite"):
+        if args.groups:
+            raise CommandError(
+                "--groups reads the channel groups of a Keras model (.keras or .h5); a .tflite file has none.",
+                prog=f"{PROG} inspect",
+                status=2,
+            )
         _files.check_input_file(args.model, (".tflite",))
         report = analysis.tflite_sparsity_report(args.model)
         if args.json:
@@ -129,6 +135,9 @@ def _run_inspect(args) -> None:
         return
     _files.check_input_file(args.model, (*_files.MODEL_SUFFIXES, ".tflite"))
     model = _files.load_model(args.model)
+    if args.groups:
+        _print_groups(model, args.json)
+        return
     report = analysis.sparsity_report(model)
     if args.json:
         data = report.as_dict()
@@ -146,12 +155,80 @@ def _run_inspect(args) -> None:
         print(line)
 
 
+def _print_groups(model, as_json: bool) -> None:
+    from tfsparse.mask_updates import collect_wrappers
+    from tfsparse.prune import strip_pruning
+    from tfsparse.structured import DependencyGraph
+
+    graph = DependencyGraph(strip_pruning(model) if collect_wrappers(model) else model)
+    if as_json:
+        print(json.dumps(graph.to_dict(), indent=2))
+        return
+    print(graph)
+    print("Channels of one group are removed together, from every layer listed; fixed groups touch a")
+    print("model input or output and keep all their channels.")
+
+
+def _run_structured_prune(args) -> None:
+    from tfsparse import _files, analysis, structured
+    from tfsparse.mask_updates import collect_wrappers
+    from tfsparse.prune import strip_pruning
+
+    for flag, value in (("--sparsity", args.sparsity), ("--m-by-n", args.m_by_n)):
+        if value is not None:
+            raise CommandError(
+                f"{flag} is for unstructured pruning (zeroing weights); with --structured give --ratio, "
+                "the share of channels to remove.",
+                prog=f"{PROG} prune",
+                status=2,
+            )
+    if args.ratio is None:
+        raise CommandError(
+            "--structured needs --ratio R (in [0, 1)): the share of each group's channels to remove",
+            prog=f"{PROG} prune",
+            status=2,
+        )
+    _files.check_output_file(args.output, args.force, (".keras",))
+    model = _files.load_model(args.model)
+    if collect_wrappers(model):  # a checkpoint saved during pruning: start from its masked weights
+        model = strip_pruning(model)
+    plan = structured.plan(
+        model,
+        ratio=args.ratio,
+        importance=args.importance or "l2",
+        scope=args.scope,
+        round_to=args.round_to or 1,
+    )
+    small = structured.apply(model, plan)
+    _files.write_atomically(args.output, small.save)
+    before, after = analysis.count_parameters(model).total, analysis.count_parameters(small).total
+    print(plan)
+    line = f"Wrote {args.output}: parameters {before:,} -> {after:,} ({after / max(before, 1):.1%})"
+    with contextlib.suppress(ValueError):
+        flops, small_flops = analysis.count_flops(model), analysis.count_flops(small)
+        line += f", FLOPs per example {flops:,} -> {small_flops:,} ({small_flops / max(flops, 1):.1%})"
+    print(line + ".")
+
+
 def _run_prune(args) -> None:
     from tfsparse import _files, analysis
     from tfsparse.mask_updates import collect_wrappers, prune_to
     from tfsparse.prune import prune_low_magnitude, strip_pruning
     from tfsparse.schedules import ConstantSparsity
 
+    if args.structured:
+        return _run_structured_prune(args)
+    for flag, value in (
+        ("--ratio", args.ratio),
+        ("--importance", args.importance),
+        ("--round-to", args.round_to),
+    ):
+        if value is not None:
+            raise CommandError(
+                f"{flag} applies to structured pruning; add --structured (or give --sparsity for zeroing weights).",
+                prog=f"{PROG} prune",
+                status=2,
+            )
     sparsity = args.sparsity
     if args.m_by_n is not None:
         m, n = args.m_by_n
@@ -336,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("model", metavar="MODEL", help=".keras, .h5 or .tflite file")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    inspect.add_argument(
+        "--groups",
+        action="store_true",
+        help="print the groups of coupled channels structured pruning removes",
+    )
     inspect.set_defaults(handler=_run_inspect)
 
     prune = commands.add_parser(
@@ -358,6 +440,24 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--m-by-n", type=_m_by_n, metavar="M:N", help="keep M of every N weights, e.g. 2:4")
     prune.add_argument("-o", "--output", required=True, help="the pruned model, a .keras file")
     prune.add_argument("--force", action="store_true", help="replace --output if it exists")
+    prune.add_argument(
+        "--structured",
+        action="store_true",
+        help="remove whole channels, filters, neurons and heads (a smaller, faster model) instead of zeroing weights",
+    )
+    prune.add_argument(
+        "--ratio", type=_sparsity, help="with --structured: share of each group's channels removed"
+    )
+    prune.add_argument(
+        "--importance",
+        choices=("l1", "l2", "bn_scale", "lamp", "random"),
+        help="with --structured: how channels are ranked (default l2)",
+    )
+    prune.add_argument(
+        "--round-to",
+        type=_positive_int,
+        help="with --structured: keep channel counts at multiples of this (1)",
+    )
     prune.set_defaults(handler=_run_prune)
 
     export = commands.add_parser(

@@ -8,6 +8,7 @@ model and of its stripped copy match row for row.
 
 from tfsparse.analysis.flops import count_flops, flops_by_layer
 from tfsparse.analysis.html import html_report
+from tfsparse.analysis.latency import measure_latencies, measure_latency
 from tfsparse.analysis.report import (
     ParameterCount,
     SparsityReport,
@@ -27,6 +28,8 @@ __all__ = [
     "count_parameters",
     "flops_by_layer",
     "html_report",
+    "measure_latencies",
+    "measure_latency",
     "sparsity_report",
     "tflite_sparsity_report",
 ]
