@@ -17,23 +17,45 @@ small = structured.apply(model, structured.Plan.from_json(open("plan.json").read
 
 from tfsparse.structured import importance, merging, redundancy, rules, surgery
 from tfsparse.structured.graph import DependencyGraph, Group, Member, register_rule
+from tfsparse.structured.blocks import (
+    BlockPlan,
+    ResidualBlock,
+    apply_blocks,
+    plan_blocks,
+    prune_blocks,
+    residual_blocks,
+)
 from tfsparse.structured.importance import group_scores
 from tfsparse.structured.plan import Plan, plan
 from tfsparse.structured.pruning import apply, prune
+from tfsparse.structured.speed import SpeedupReport, check_speedup
+from tfsparse.structured.training import ChannelGroupLasso, UpdateChannelMasks, finalize, prune_gradually
 
 __all__ = [
+    "BlockPlan",
+    "ChannelGroupLasso",
     "DependencyGraph",
     "Group",
     "Member",
     "Plan",
+    "ResidualBlock",
+    "SpeedupReport",
+    "UpdateChannelMasks",
     "apply",
+    "apply_blocks",
+    "check_speedup",
+    "finalize",
     "group_scores",
     "importance",
     "merging",
     "plan",
+    "plan_blocks",
     "prune",
+    "prune_blocks",
+    "prune_gradually",
     "redundancy",
     "register_rule",
+    "residual_blocks",
     "rules",
     "surgery",
 ]
