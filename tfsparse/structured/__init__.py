@@ -16,7 +16,6 @@ small = structured.apply(model, structured.Plan.from_json(open("plan.json").read
 """
 
 from tfsparse.structured import importance, merging, redundancy, rules, surgery
-from tfsparse.structured.graph import DependencyGraph, Group, Member, register_rule
 from tfsparse.structured.blocks import (
     BlockPlan,
     ResidualBlock,
@@ -25,6 +24,7 @@ from tfsparse.structured.blocks import (
     prune_blocks,
     residual_blocks,
 )
+from tfsparse.structured.graph import DependencyGraph, Group, Member, register_rule
 from tfsparse.structured.importance import group_scores
 from tfsparse.structured.plan import Plan, plan
 from tfsparse.structured.pruning import apply, prune
