@@ -324,3 +324,13 @@ def test_channels_first_layers_keep_their_channels_whole():
     model = keras.Model(inputs, L.Dense(2)(x))
     _, _, small = _check_removal_is_exact(model)
     assert small.get_layer("conv").filters == 8 and small.get_layer("hidden").units == 4
+
+
+def test_weight_slices_name_every_weight_axis_of_a_group(mlp):
+    graph = structured.DependencyGraph(mlp)
+    group = _group_of(graph, mlp.layers[0].name)
+    found = {(path, index, axis) for path, index, axis, _ in graph.weight_slices(group)}
+    first, second = mlp.layers[0].name, mlp.layers[1].name
+    assert found == {(first, 0, 1), (first, 1, 0), (second, 0, 0)}
+    channels = dict(((p, i, a), c) for p, i, a, c in graph.weight_slices(group.index))
+    np.testing.assert_array_equal(channels[(second, 0, 0)], np.arange(32))
