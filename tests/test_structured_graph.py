@@ -235,6 +235,9 @@ def test_keras_ops_in_the_graph_are_elementwise():
     gate = L.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)
     model = keras.Model(inputs, L.Conv2D(2, 1)(L.Multiply()([x, gate])))
     _check_removal_is_exact(model)
+    scaled = keras.ops.multiply(L.Dense(8, name="scaled")(inputs), np.arange(8, dtype="float32"))
+    model = keras.Model(inputs, L.Dense(2)(scaled))  # a constant per channel cannot be sliced
+    assert not _group_of(structured.DependencyGraph(model), "scaled").prunable
 
 
 def test_outputs_and_inputs_are_never_pruned(mlp):

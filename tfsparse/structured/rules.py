@@ -699,10 +699,11 @@ _PASSTHROUGH = (
 
 def operation(ctx: RuleContext) -> list:
     """`keras.ops` calls in a functional graph (`x + 3.0`, `ops.relu(x)`): elementwise, like a merge."""
+    tensors = {id(atoms) for atoms in ctx.inputs}
     constants = [
         value
         for value in keras.tree.flatten((ctx.args, ctx.kwargs))
-        if not isinstance(value, (np.ndarray, str, bool, type(None)))
+        if id(value) not in tensors and not isinstance(value, (str, bool, type(None)))
     ]
     if any(np.size(value) != 1 for value in constants):
         return ctx.barrier()  # a constant per channel cannot be sliced
