@@ -16,6 +16,7 @@ small = structured.apply(model, structured.Plan.from_json(open("plan.json").read
 """
 
 from tfsparse.structured import importance, rules, surgery
+from tfsparse.structured.context import RuleContext
 from tfsparse.structured.graph import DependencyGraph, Group, Member, register_rule
 from tfsparse.structured.importance import group_scores
 from tfsparse.structured.plan import Plan, plan
@@ -26,6 +27,7 @@ __all__ = [
     "Group",
     "Member",
     "Plan",
+    "RuleContext",
     "apply",
     "group_scores",
     "importance",

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from tfsparse.structured import rules as rules_module
-from tfsparse.structured.rules import SOURCE_KINDS, Atoms, LayerRecord, RuleContext, Space
+from tfsparse.structured.context import SOURCE_KINDS, Atoms, LayerRecord, RuleContext, Space
 from tfsparse.wrapper import PruneLowMagnitude
 
 _REGISTERED: dict = {}
