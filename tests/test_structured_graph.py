@@ -235,6 +235,9 @@ def test_keras_ops_in_the_graph_are_elementwise():
     gate = L.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)
     model = keras.Model(inputs, L.Conv2D(2, 1)(L.Multiply()([x, gate])))
     _check_removal_is_exact(model)
+    scaled = keras.ops.multiply(L.Dense(8, name="scaled")(inputs), np.arange(8, dtype="float32"))
+    model = keras.Model(inputs, L.Dense(2)(scaled))  # a constant per channel cannot be sliced
+    assert not _group_of(structured.DependencyGraph(model), "scaled").prunable
 
 
 def test_outputs_and_inputs_are_never_pruned(mlp):
@@ -324,3 +327,13 @@ def test_channels_first_layers_keep_their_channels_whole():
     model = keras.Model(inputs, L.Dense(2)(x))
     _, _, small = _check_removal_is_exact(model)
     assert small.get_layer("conv").filters == 8 and small.get_layer("hidden").units == 4
+
+
+def test_weight_slices_name_every_weight_axis_of_a_group(mlp):
+    graph = structured.DependencyGraph(mlp)
+    group = _group_of(graph, mlp.layers[0].name)
+    found = {(path, index, axis) for path, index, axis, _ in graph.weight_slices(group)}
+    first, second = mlp.layers[0].name, mlp.layers[1].name
+    assert found == {(first, 0, 1), (first, 1, 0), (second, 0, 0)}
+    channels = dict(((p, i, a), c) for p, i, a, c in graph.weight_slices(group.index))
+    np.testing.assert_array_equal(channels[(second, 0, 0)], np.arange(32))

@@ -24,6 +24,7 @@ from tfsparse.structured.blocks import (
     prune_blocks,
     residual_blocks,
 )
+from tfsparse.structured.context import RuleContext
 from tfsparse.structured.graph import DependencyGraph, Group, Member, register_rule
 from tfsparse.structured.importance import group_scores
 from tfsparse.structured.plan import Plan, plan
@@ -41,6 +42,7 @@ __all__ = [
     "ResidualBlock",
     "SpeedupReport",
     "UpdateChannelMasks",
+    "RuleContext",
     "apply",
     "apply_blocks",
     "check_speedup",

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from tfsparse.structured import rules as rules_module
-from tfsparse.structured.rules import SOURCE_KINDS, Atoms, LayerRecord, RuleContext, Space
+from tfsparse.structured.context import SOURCE_KINDS, Atoms, LayerRecord, RuleContext, Space
 from tfsparse.wrapper import PruneLowMagnitude
 
 _REGISTERED: dict = {}
@@ -382,6 +382,32 @@ class DependencyGraph:
         return keep
 
     # ---- views ------------------------------------------------------------------------------
+
+    def weight_slices(self, group) -> list:
+        """Every weight axis that carries the group's channels, for masks and scores.
+
+        Args:
+            group: a `Group` of this graph, or its index.
+
+        Returns:
+            `(layer path, weight index in layer.weights, axis, channels)` tuples, where `channels`
+            gives each position along `axis` its channel in the group (-1: another group's).
+
+        Example:
+
+        ```python
+        for path, index, axis, channels in graph.weight_slices(3):
+            mask = np.isin(channels, removed)   # positions to zero along `axis`
+        ```
+        """
+        index = group if isinstance(group, int) else group.index
+        found = []
+        for path, record in self.layers.items():
+            for s in record.slices:
+                owners, channels = self._positions(s.atoms)
+                if (owners == index).any():
+                    found.append((path, s.index, s.axis, np.where(owners == index, channels, -1)))
+        return found
 
     def to_dict(self) -> dict:
         """JSON-able summary: `{"groups": [{"index", "channels", "prunable", "members": [{"layer", "kind"}]}]}`."""
