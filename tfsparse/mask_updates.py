@@ -14,8 +14,9 @@ from collections.abc import Iterable
 
 import keras
 import numpy as np
+from keras import ops
 
-from tfsparse import criteria, masking
+from tfsparse import criteria, device_masking, masking
 from tfsparse.wrapper import PruneLowMagnitude
 
 _INPUT_AXIS_LAST = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
@@ -117,6 +118,48 @@ def _scores(wrapper: PruneLowMagnitude, inputs: list[dict] | None = None) -> lis
     return scores
 
 
+# Criteria that read nothing from the host are scored with keras.ops where the weights live, and
+# their masks computed there too (`device_masking`); the others need host data (calibration) anyway.
+_DEVICE_SCORES = {
+    "magnitude": lambda weight, variables: ops.abs(weight),
+    "movement": lambda weight, variables: (
+        0.5 * (ops.square(weight) - ops.square(variables["reference"].value))
+    ),
+}
+
+
+def _scored_on_device(wrapper: PruneLowMagnitude) -> bool:
+    return wrapper.criterion in _DEVICE_SCORES and wrapper.score_normalization is None
+
+
+def _device_scores(wrapper: PruneLowMagnitude) -> list:
+    score = _DEVICE_SCORES[wrapper.criterion]
+    references = wrapper.weight_references or [None] * len(wrapper.pruned_weights)
+    scores = []
+    for weight, mask, reference in zip(wrapper.pruned_weights, wrapper.masks, references):
+        kept = ops.greater(mask.value, 0)
+        weight_scores = score(weight.value * ops.cast(mask.value, weight.dtype), {"reference": reference})
+        weight_scores = ops.where(kept, weight_scores, ops.cast(float("-inf"), weight_scores.dtype))
+        nans = device_masking.count_nan(weight_scores)
+        if nans:
+            raise ValueError(
+                f"Layer '{wrapper.name}' weight '{weight.name}' has {nans} NaN values, so its weights "
+                "cannot be ranked for pruning: the model diverged. Lower the learning rate, check the "
+                "training data for NaN or inf, or restart from an earlier checkpoint."
+            )
+        scores.append(weight_scores)
+    return scores
+
+
+def _device_layer_masks(wrapper: PruneLowMagnitude, scores: list, sparsity: float) -> list:
+    if wrapper.sparsity_m_by_n is not None:
+        m, n = wrapper.sparsity_m_by_n
+        return [device_masking.m_by_n_mask(s, m, n, axis=input_axis(wrapper.layer)) for s in scores]
+    return [
+        device_masking.block_mask(s, sparsity, wrapper.block_size, wrapper.block_pooling_type) for s in scores
+    ]
+
+
 def _record_references(wrapper: PruneLowMagnitude) -> None:
     # Movement is measured from the weights as they were at the first mask update.
     references = wrapper.get_weight_references()
@@ -157,9 +200,19 @@ def prune_to(wrappers: Iterable[PruneLowMagnitude], sparsity_of, calibration=Non
     for wrapper, sparsity in due:
         if wrapper.scope == "global" and wrapper.sparsity_m_by_n is None:
             global_groups.setdefault(_schedule_key(wrapper), []).append((wrapper, sparsity))
+        elif _scored_on_device(wrapper):
+            wrapper.set_masks(_device_layer_masks(wrapper, _device_scores(wrapper), sparsity))
         else:
             wrapper.set_masks(layer_masks(wrapper, _scores(wrapper, inputs[id(wrapper)]), sparsity))
     for group in global_groups.values():
+        if all(_scored_on_device(wrapper) for wrapper, _ in group):
+            scores = [_device_scores(wrapper) for wrapper, _ in group]
+            flat_scores = [s for per_wrapper in scores for s in per_wrapper]
+            min_density = [wrapper.min_density for (wrapper, _), per in zip(group, scores) for _ in per]
+            masks = iter(device_masking.global_masks(flat_scores, group[0][1], min_density=min_density))
+            for (wrapper, _), per_wrapper in zip(group, scores):
+                wrapper.set_masks([next(masks) for _ in per_wrapper])
+            continue
         scores = [_scores(wrapper, inputs[id(wrapper)]) for wrapper, _ in group]
         flat_scores = [s for per_wrapper in scores for s in per_wrapper]
         min_density = [
@@ -197,4 +250,4 @@ def update_masks(wrappers: Iterable[PruneLowMagnitude], step: int, calibration=N
 def reapply_masks(wrappers: Iterable[PruneLowMagnitude]) -> None:
     """Zeroes the stored values of pruned weights (an optimizer's momentum can move them)."""
     for wrapper in wrappers:
-        wrapper.set_masks(wrapper.get_masks())
+        wrapper.set_masks([mask.value for mask in wrapper.masks])
