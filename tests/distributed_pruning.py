@@ -5,6 +5,9 @@
     python distributed_pruning.py jax-worker --process-id 0 --port 12345 --workdir DIR [--die-at-step N]
         one of two JAX processes on 127.0.0.1 (keras.distribution, DataParallel, gloo CPU
         collectives), pruning during fit() with BackupAndRestore; started by tests/test_distributed.py.
+    torchrun --nproc_per_node 2 distributed_pruning.py torch-ddp
+        two PyTorch processes with DistributedDataParallel (gloo) in a custom training loop: Keras'
+        fit() does not distribute on the torch backend, so the loop calls UpdatePruningStep's hooks.
 
 Logical devices and the Keras backend must be configured before TensorFlow or JAX starts, hence the
 separate processes.
@@ -167,9 +170,61 @@ def jax_worker(process_id: int, port: int, workdir: str, die_at_step: int | None
     jax.distributed.shutdown()
 
 
+def torch_ddp_worker():
+    os.environ["KERAS_BACKEND"] = "torch"
+    import keras
+    import torch
+    import torch.distributed as dist
+
+    import tfsparse
+    from tfsparse.mask_updates import collect_wrappers
+
+    dist.init_process_group("gloo")  # rank, world size and address come from torchrun
+    rank, world = dist.get_rank(), dist.get_world_size()
+    keras.utils.set_random_seed(0)  # the same initial weights everywhere (DDP also broadcasts rank 0's)
+    x, y = _data()
+    model = keras.Sequential(
+        [keras.Input((16,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(4)]
+    )
+    pruned = tfsparse.prune_low_magnitude(model, pruning_schedule=tfsparse.PolynomialDecay(**SCHEDULE))
+    parallel = torch.nn.parallel.DistributedDataParallel(pruned)
+    optimizer = torch.optim.SGD(parallel.parameters(), lr=0.1)
+    loss = torch.nn.CrossEntropyLoss()
+    step_callback = tfsparse.UpdatePruningStep()
+    step_callback.set_model(pruned)
+    step_callback.on_train_begin()
+    for epoch in range(EPOCHS):
+        for batch in range(STEPS_PER_EPOCH):
+            rows = slice(batch * GLOBAL_BATCH + rank, (batch + 1) * GLOBAL_BATCH, world)
+            step_callback.on_train_batch_begin(batch)
+            optimizer.zero_grad()
+            loss(
+                parallel(torch.from_numpy(x[rows]), training=True), torch.from_numpy(y[rows]).long()
+            ).backward()
+            optimizer.step()
+        step_callback.on_epoch_end(epoch)
+    step_callback.on_train_end()
+    facts = {"process_id": rank, "layers": []}
+    for wrapper in collect_wrappers(pruned):
+        (mask,) = wrapper.get_masks()
+        (kernel,) = wrapper.get_pruned_weight_values()
+        facts["layers"].append(
+            {
+                "step": wrapper.get_pruning_step(),
+                "mask": mask.astype(int).ravel().tolist(),
+                "kernel": kernel.ravel().tolist(),
+            }
+        )
+    print(json.dumps(facts), flush=True)
+    dist.destroy_process_group()
+
+
 def main():
     if len(sys.argv) == 1:
         mirrored()
+        return
+    if sys.argv[1:] == ["torch-ddp"]:
+        torch_ddp_worker()
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=["jax-worker"])

@@ -151,3 +151,21 @@ def _check_identical_masks_and_resume(tmp_path):
             assert layer["step"] == total_steps
             assert layer["mask"] == expected["mask"]
             np.testing.assert_allclose(layer["kernel"], expected["kernel"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_two_torch_ddp_processes_prune_to_identical_masks_in_a_custom_loop():
+    env = dict(os.environ, KERAS_BACKEND="torch", TF_CPP_MIN_LOG_LEVEL="3")
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(WORKER)), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_port", str(_free_port()), WORKER, "torch-ddp"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=TIME_LIMIT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    facts = sorted((json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")), key=str)
+    assert sorted(f["process_id"] for f in facts) == [0, 1]
+    for layer_0, layer_1 in zip(facts[0]["layers"], facts[1]["layers"]):
+        assert layer_0["step"] == layer_1["step"] == EPOCHS * STEPS_PER_EPOCH
+        assert layer_0["mask"] == layer_1["mask"]
+        assert layer_0["kernel"] == layer_1["kernel"]
+        mask = np.array(layer_0["mask"])
+        assert (mask == 0).sum() == round(SCHEDULE["final_sparsity"] * mask.size)
