@@ -2,9 +2,13 @@
 
 import numpy as np
 import pytest
+from conftest import make_mlp
 from keras import ops
 
+import tfsparse
 from tfsparse import device_masking, masking
+from tfsparse.mask_updates import collect_wrappers, layer_masks, prune_to
+from tfsparse.wrapper import PruneLowMagnitude
 
 
 def _scores(shape, seed, ties):
@@ -75,3 +79,29 @@ def test_nan_scores_are_refused_and_infinite_scores_are_ranked(make_mask):
     scores[1, 1] = np.nan
     with pytest.raises(ValueError, match="1 NaN value"):
         make_mask(ops.convert_to_tensor(scores))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"scope": "global", "min_density": 0.2}, {"sparsity_m_by_n": (2, 4)}, {"block_size": (2, 2)}],
+    ids=["layer", "global", "m_by_n", "blocks"],
+)
+def test_magnitude_mask_updates_never_copy_weights_or_masks_to_the_host(options, monkeypatch):
+    pruned = tfsparse.prune_low_magnitude(make_mlp(), tfsparse.ConstantSparsity(0.6, 0), **options)
+    wrappers = collect_wrappers(pruned)
+    kernels = [np.abs(w.get_pruned_weight_values()[0]) for w in wrappers]
+    if options.get("scope") == "global":
+        expected = masking.global_masks(kernels, 0.6, min_density=0.2)
+    else:
+        expected = [layer_masks(w, [k], 0.6)[0] for w, k in zip(wrappers, kernels)]
+
+    def host_copy(self):
+        raise AssertionError("a mask update read weights or masks back to the host")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PruneLowMagnitude, "get_pruned_weight_values", host_copy)
+        patch.setattr(PruneLowMagnitude, "get_masks", host_copy)
+        prune_to(wrappers, lambda wrapper: 0.6)
+    for wrapper, mask in zip(wrappers, expected):
+        np.testing.assert_array_equal(wrapper.get_masks()[0], mask)
+        assert (wrapper.get_pruned_weight_values()[0][mask == 0] == 0).all()
