@@ -99,9 +99,16 @@ def test_magnitude_mask_updates_never_copy_weights_or_masks_to_the_host(options,
         raise AssertionError("a mask update read weights or masks back to the host")
 
     with monkeypatch.context() as patch:
+        # The CPU takes the numpy path (faster there); here the weights pretend to be on a GPU.
+        patch.setattr(device_masking, "on_accelerator", lambda variable: True)
         patch.setattr(PruneLowMagnitude, "get_pruned_weight_values", host_copy)
         patch.setattr(PruneLowMagnitude, "get_masks", host_copy)
         prune_to(wrappers, lambda wrapper: 0.6)
     for wrapper, mask in zip(wrappers, expected):
         np.testing.assert_array_equal(wrapper.get_masks()[0], mask)
         assert (wrapper.get_pruned_weight_values()[0][mask == 0] == 0).all()
+
+
+def test_weights_on_the_cpu_are_not_taken_for_an_accelerator():
+    pruned = tfsparse.prune_low_magnitude(make_mlp(), tfsparse.ConstantSparsity(0.5, 0))
+    assert not device_masking.on_accelerator(collect_wrappers(pruned)[0].pruned_weights[0])

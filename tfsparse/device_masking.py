@@ -17,6 +17,19 @@ from keras import ops
 from tfsparse.masking import num_zeros
 
 
+def on_accelerator(variable) -> bool:
+    """Whether a Keras variable lives on an accelerator (GPU, TPU) rather than on the host CPU.
+
+    On the CPU, numpy already computes where the weights live, and faster than eager `keras.ops`
+    (sorting and many small dispatched ops); mask updates use this module only off the CPU.
+    """
+    value = variable.value
+    devices = getattr(value, "devices", None)
+    if callable(devices):  # a JAX array (possibly sharded over several devices of one platform)
+        return next(iter(devices())).platform != "cpu"
+    return "cpu" not in str(getattr(value, "device", "cpu")).lower()  # TensorFlow and PyTorch
+
+
 def count_nan(scores) -> int:
     """The number of NaN values in a tensor of scores (one scalar read back to the host)."""
     return int(ops.convert_to_numpy(ops.sum(ops.cast(ops.isnan(scores), "int32"))))

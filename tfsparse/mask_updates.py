@@ -119,7 +119,8 @@ def _scores(wrapper: PruneLowMagnitude, inputs: list[dict] | None = None) -> lis
 
 
 # Criteria that read nothing from the host are scored with keras.ops where the weights live, and
-# their masks computed there too (`device_masking`); the others need host data (calibration) anyway.
+# their masks computed there too (`device_masking`), when that is an accelerator; on the CPU numpy
+# is faster. The other criteria need host data (calibration) anyway.
 _DEVICE_SCORES = {
     "magnitude": lambda weight, variables: ops.abs(weight),
     "movement": lambda weight, variables: (
@@ -129,7 +130,11 @@ _DEVICE_SCORES = {
 
 
 def _scored_on_device(wrapper: PruneLowMagnitude) -> bool:
-    return wrapper.criterion in _DEVICE_SCORES and wrapper.score_normalization is None
+    return (
+        wrapper.criterion in _DEVICE_SCORES
+        and wrapper.score_normalization is None
+        and device_masking.on_accelerator(wrapper.pruned_weights[0])
+    )
 
 
 def _device_scores(wrapper: PruneLowMagnitude) -> list:
