@@ -1,4 +1,4 @@
-"""Models, data and the timing loop shared by the overhead benchmark's Keras 3 and tf-keras runs.
+"""Models (MLP, CNN, one transformer block), data and the timing loop shared by the overhead benchmark's Keras 3 and tf-keras runs.
 
 `keras` is passed in, so the same code builds and times a Keras 3 model and a tf-keras one.
 """
@@ -22,6 +22,14 @@ def build(keras, name):
         x = layers.Conv2D(128, 3, padding="same", activation="relu")(x)
         x = layers.GlobalAveragePooling2D()(x)
         outputs = layers.Dense(10)(x)
+    elif name == "transformer":
+        # One encoder block: self-attention and a feed-forward, each with a residual and a norm.
+        inputs = keras.Input((32, 64))
+        attention = layers.MultiHeadAttention(num_heads=4, key_dim=16)(inputs, inputs)
+        x = layers.LayerNormalization()(layers.Add()([inputs, attention]))
+        feed_forward = layers.Dense(64)(layers.Dense(256, activation="relu")(x))
+        x = layers.LayerNormalization()(layers.Add()([x, feed_forward]))
+        outputs = layers.Dense(10)(layers.GlobalAveragePooling1D()(x))
     else:
         inputs = keras.Input((784,))
         x = layers.Dense(512, activation="relu")(inputs)
@@ -32,7 +40,7 @@ def build(keras, name):
 
 def data(name, steps=STEPS):
     rng = np.random.default_rng(0)
-    shape = (32, 32, 3) if name == "cnn" else (784,)
+    shape = {"cnn": (32, 32, 3), "transformer": (32, 64)}.get(name, (784,))
     x = rng.random((steps * BATCH_SIZE, *shape), dtype=np.float32)
     y = rng.integers(0, 10, steps * BATCH_SIZE).astype("int32")
     return x, y

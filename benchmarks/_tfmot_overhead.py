@@ -19,8 +19,9 @@ from _overhead_models import build, compile_model, data, time_alternating  # noq
 
 def main():
     name, repeats, jit_compile = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "jit"
+    steps = int(sys.argv[4]) if len(sys.argv) > 4 else 100
     tf.random.set_seed(0)
-    x, y = data(name)
+    x, y = data(name, steps)
     dense = compile_model(keras, build(keras, name), jit_compile)
     schedule = tfmot.sparsity.keras.PolynomialDecay(0.5, 0.9, begin_step=0, end_step=10_000, frequency=100)
     pruned = compile_model(

@@ -444,6 +444,8 @@ def test_any_quantize_text_is_a_one_line_usage_error_or_a_valid_export(files, ca
         output.unlink()
     else:
         assert not output.exists()
+
+
 def test_structured_prune_writes_a_model_with_fewer_channels_that_loads_without_tfsparse(files, tmp_path):
     status, stdout, stderr = _run(
         "prune", files / "tiny.keras", "--structured", "--ratio", "0.5", "--round-to", "2", "-o", "small.keras",

@@ -82,6 +82,8 @@ def test_a_setting_that_empties_a_layer_is_warned_about_by_name():
     wrappers = mask_updates.collect_wrappers(pruned)
     with pytest.warns(UserWarning, match=f"Layer '{wrappers[1].name}' has every weight .* min_density"):
         mask_updates.update_masks(wrappers, 0)
+
+
 def _nan_kernel_mlp():
     model = make_mlp()
     kernel, bias = model.layers[1].get_weights()

@@ -15,8 +15,9 @@ from collections.abc import Iterable
 
 import keras
 import numpy as np
+from keras import ops
 
-from tfsparse import criteria, masking, regrowth
+from tfsparse import criteria, device_masking, masking, regrowth
 from tfsparse.wrapper import PruneLowMagnitude
 
 _INPUT_AXIS_LAST = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
@@ -154,6 +155,53 @@ def _refuse_nan_scores(wrapper: PruneLowMagnitude, index: int, value: np.ndarray
     )
 
 
+# Criteria that read nothing from the host are scored with keras.ops where the weights live, and
+# their masks computed there too (`device_masking`), when that is an accelerator; on the CPU numpy
+# is faster. The other criteria need host data (calibration) anyway.
+_DEVICE_SCORES = {
+    "magnitude": lambda weight, variables: ops.abs(weight),
+    "movement": lambda weight, variables: (
+        0.5 * (ops.square(weight) - ops.square(variables["reference"].value))
+    ),
+}
+
+
+def _scored_on_device(wrapper: PruneLowMagnitude) -> bool:
+    return (
+        wrapper.criterion in _DEVICE_SCORES
+        and wrapper.score_normalization is None
+        and device_masking.on_accelerator(wrapper.pruned_weights[0])
+    )
+
+
+def _device_scores(wrapper: PruneLowMagnitude) -> list:
+    score = _DEVICE_SCORES[wrapper.criterion]
+    references = wrapper.weight_references or [None] * len(wrapper.pruned_weights)
+    scores = []
+    for weight, mask, reference in zip(wrapper.pruned_weights, wrapper.masks, references):
+        kept = ops.greater(mask.value, 0)
+        weight_scores = score(weight.value * ops.cast(mask.value, weight.dtype), {"reference": reference})
+        weight_scores = ops.where(kept, weight_scores, ops.cast(float("-inf"), weight_scores.dtype))
+        nans = device_masking.count_nan(weight_scores)
+        if nans:
+            raise ValueError(
+                f"Layer '{wrapper.name}' weight '{weight.name}' has {nans} NaN values, so its weights "
+                "cannot be ranked for pruning: the model diverged. Lower the learning rate, check the "
+                "training data for NaN or inf, or restart from an earlier checkpoint."
+            )
+        scores.append(weight_scores)
+    return scores
+
+
+def _device_layer_masks(wrapper: PruneLowMagnitude, scores: list, sparsity: float) -> list:
+    if wrapper.sparsity_m_by_n is not None:
+        m, n = wrapper.sparsity_m_by_n
+        return [device_masking.m_by_n_mask(s, m, n, axis=input_axis(wrapper.layer)) for s in scores]
+    return [
+        device_masking.block_mask(s, sparsity, wrapper.block_size, wrapper.block_pooling_type) for s in scores
+    ]
+
+
 def _record_references(wrapper: PruneLowMagnitude) -> None:
     # Wrappers take their reference when built; models saved before they did carry zeros, and
     # count movement from their first mask update instead.
@@ -229,9 +277,23 @@ def prune_to(wrappers: Iterable[PruneLowMagnitude], sparsity_of, calibration=Non
     for wrapper, sparsity in due_now:
         if wrapper.scope == "global" and wrapper.sparsity_m_by_n is None:
             global_groups.setdefault(_schedule_key(wrapper), []).append((wrapper, sparsity))
+        elif _scored_on_device(wrapper):
+            wrapper.set_masks(_device_layer_masks(wrapper, _device_scores(wrapper), sparsity))
         else:
             wrapper.set_masks(layer_masks(wrapper, layer_scores(wrapper, inputs[id(wrapper)]), sparsity))
     for group in global_groups.values():
+        if all(_scored_on_device(wrapper) for wrapper, _ in group):
+            scores = [_device_scores(wrapper) for wrapper, _ in group]
+            flat_scores = [s for per_wrapper in scores for s in per_wrapper]
+            min_density = [
+                default_min_density(group[0][1]) if wrapper.min_density is None else wrapper.min_density
+                for (wrapper, _), per in zip(group, scores)
+                for _ in per
+            ]
+            masks = iter(device_masking.global_masks(flat_scores, group[0][1], min_density=min_density))
+            for (wrapper, _), per_wrapper in zip(group, scores):
+                wrapper.set_masks([next(masks) for _ in per_wrapper])
+            continue
         scores = [layer_scores(wrapper, inputs[id(wrapper)]) for wrapper, _ in group]
         flat_scores = [s for per_wrapper in scores for s in per_wrapper]
         sparsity = group[0][1]
@@ -304,4 +366,4 @@ def update_masks(wrappers: Iterable[PruneLowMagnitude], step: int, calibration=N
 def reapply_masks(wrappers: Iterable[PruneLowMagnitude]) -> None:
     """Zeroes the stored values of pruned weights (an optimizer's momentum can move them)."""
     for wrapper in wrappers:
-        wrapper.set_masks(wrapper.get_masks())
+        wrapper.set_masks([mask.value for mask in wrapper.masks])

@@ -79,6 +79,8 @@ def _check_regrowth(value, block_size, sparsity_m_by_n):
             f"sparsity_m_by_n={sparsity_m_by_n}"
         )
     return value
+
+
 def _forward_pass() -> object | None:
     """An object that stays the same for every layer call within one forward pass of a model.
 
@@ -341,10 +343,12 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         """The pruned weights as they are stored (not yet multiplied by the masks)."""
         return [ops.convert_to_numpy(w.value) for w in self.pruned_weights]
 
-    def set_masks(self, masks: Sequence[np.ndarray]) -> None:
-        """Sets the masks and zeroes the masked weights, so that stored weights carry the mask."""
+    def set_masks(self, masks: Sequence) -> None:
+        """Sets the masks (numpy arrays or tensors) and zeroes the masked weights, so that stored
+        weights carry the mask."""
         for weight, mask_variable, mask in zip(self.pruned_weights, self.masks, masks):
-            mask_variable.assign(np.asarray(mask, dtype=mask_variable.dtype))
+            # A tensor computed on the device stays there (`ops.cast` of numpy copies it over).
+            mask_variable.assign(ops.cast(mask, mask_variable.dtype))
             # Multiplied where the weight lives: no round trip of the weight through the host.
             weight.assign(ops.multiply(weight.value, ops.cast(mask_variable.value, weight.dtype)))
 
