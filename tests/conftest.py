@@ -12,6 +12,9 @@ import pytest  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _seeded():
+    # Each test starts with Keras' automatic layer names counted from zero ('conv2d', 'dense', ...),
+    # whatever ran before it.
+    keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     keras.config.set_dtype_policy("float32")
     yield
