@@ -9,11 +9,17 @@ busier or quieter slows all of its models alike.
 A latency share at the FLOP share means the pruning paid off in full. Also: the time to build
 ResNet50's dependency graph and prune it, and, on digits, "50% of channels removed, then
 fine-tuned" against the dense model and against unstructured pruning to the same parameter count.
+The digits comparison has one structured row per channel importance: "l1" and "l2" (norms), "lsh"
+(near-duplicate channels merged into the one they copy) and "fpgm" (channels nearest the geometric
+median of their group); at one ratio each removes as many channels from each group, so all rows
+have the same FLOPs, and each is fine-tuned with the same epochs, batches and shuffling.
 
-    python benchmarks/structured_speedup.py [--quick] [--repeats 10]
+    python benchmarks/structured_speedup.py [--quick] [--repeats 10] [--digits-only]
+        [--importances l1,l2,lsh,fpgm]
 
 `--quick` measures the ImageNet models at 96x96 instead of 224x224 and with fewer repeats (the
-shares are what matter; absolute times shrink with the input).
+shares are what matter; absolute times shrink with the input). `--digits-only` runs only the digits
+comparison (no ImageNet models), `--importances` chooses its structured rows.
 
 Targets: LiteRT speedup at least 0.8x the FLOP reduction on ResNet50 at ratio 0.5; graph + prune of
 ResNet50 under 5 s; the structured digits CNN within 1 point of dense accuracy after fine-tuning,
@@ -35,6 +41,7 @@ from tfsparse.analysis import count_flops, measure_latencies  # noqa: E402
 from tfsparse.analysis.report import format_table  # noqa: E402
 
 RATIOS = (0.25, 0.5, 0.75)
+DIGITS_IMPORTANCES = ("l1", "l2", "lsh", "fpgm")
 
 
 def transformer_encoder(sequence: int = 64, width: int = 128, heads: int = 4, layers: int = 2) -> keras.Model:
@@ -117,8 +124,14 @@ def graph_and_prune_time(side: int) -> tuple[float, float]:
     return graph_seconds, time.perf_counter() - start
 
 
-def digits_comparison(epochs: int, repeats: int) -> list[list[str]]:
-    """Dense, 50% of channels removed + fine-tuned, unstructured at the same parameter count."""
+def digits_comparison(
+    epochs: int, repeats: int, importances: tuple[str, ...] = DIGITS_IMPORTANCES
+) -> list[list[str]]:
+    """Dense; 50% of channels removed + fine-tuned, once per importance; unstructured at the same count.
+
+    Every structured model is fine-tuned from the same dense weights with the same seed, so the
+    rows differ only in which channels the importance removed (and, for "lsh", the merging).
+    """
     import tfsparse
     from tfsparse.demo import _compile, build_model, load_data, pruning_schedule
     from tfsparse.export import to_tflite
@@ -129,21 +142,27 @@ def digits_comparison(epochs: int, repeats: int) -> list[list[str]]:
     _compile(dense)
     dense.fit(x_train, y_train, batch_size=32, epochs=epochs, verbose=0)
 
-    small = structured.prune(dense, ratio=0.5)
-    _compile(small)
-    small.fit(x_train, y_train, batch_size=32, epochs=epochs, verbose=0)
+    def accuracy(model):
+        return float(np.mean(np.argmax(model.predict(x_test, verbose=0), axis=1) == y_test))
 
-    sparsity = 1 - small.count_params() / dense.count_params()
+    smalls = []
+    for importance in importances:
+        small = structured.prune(dense, ratio=0.5, importance=importance)
+        before = accuracy(small)
+        keras.utils.set_random_seed(1)
+        _compile(small)
+        small.fit(x_train, y_train, batch_size=32, epochs=epochs, verbose=0)
+        smalls.append((importance, small, before))
+
+    sparsity = 1 - smalls[0][1].count_params() / dense.count_params()
     steps = -(-len(x_train) // 32)
+    keras.utils.set_random_seed(1)
     pruned = tfsparse.prune_low_magnitude(dense, pruning_schedule=pruning_schedule(sparsity, epochs, steps))
     _compile(pruned)
     pruned.fit(
         x_train, y_train, batch_size=32, epochs=epochs, callbacks=[tfsparse.UpdatePruningStep()], verbose=0
     )
     unstructured = tfsparse.strip_pruning(pruned)
-
-    def accuracy(model):
-        return float(np.mean(np.argmax(model.predict(x_test, verbose=0), axis=1) == y_test))
 
     def litert_ms(model, sparse):
         from tfsparse.export import verify_tflite
@@ -155,25 +174,45 @@ def digits_comparison(epochs: int, repeats: int) -> list[list[str]]:
             ).latency_ms
 
     rows = []
-    dense_accuracy, dense_ms = accuracy(dense), litert_ms(dense, False)
-    for name, model, sparse in (
-        ("Dense", dense, False),
-        ("Structured: 50% of channels removed, fine-tuned", small, False),
-        (f"Unstructured: {sparsity:.0%} of weights zeroed (same non-zeros)", unstructured, True),
-    ):
+    dense_accuracy, dense_ms, dense_flops = accuracy(dense), litert_ms(dense, False), count_flops(dense)
+    candidates = [("Dense", dense, False, "-")]
+    candidates += [
+        (f"Structured, {importance}: 50% of channels removed", small, False, f"{before:.1%}")
+        for importance, small, before in smalls
+    ]
+    candidates.append(
+        (f"Unstructured: {sparsity:.0%} of weights zeroed (same non-zeros)", unstructured, True, "-")
+    )
+    for name, model, sparse, before in candidates:
         parameters = analysis.count_parameters(model)
         milliseconds = dense_ms if model is dense else litert_ms(model, sparse)
         model_accuracy = dense_accuracy if model is dense else accuracy(model)
+        flops = "1.00" if sparse or model is dense else f"{count_flops(model) / dense_flops:.2f}"
         rows.append(
             [
                 name,
+                before,
                 f"{model_accuracy:.1%}",
                 f"{parameters.nonzero:,}",
+                flops,
                 f"{milliseconds * 1000:.1f} us",
                 f"{milliseconds / dense_ms:.2f}",
             ]
         )
+        print(" | ".join(rows[-1]), flush=True)
     return rows
+
+
+def importance_list(text: str) -> tuple[str, ...]:
+    """`--importances`: comma-separated structured importances that need no data."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in DIGITS_IMPORTANCES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"--importances takes a comma-separated subset of {','.join(DIGITS_IMPORTANCES)}. "
+            f"Received: {text!r}"
+        )
+    return names
 
 
 def main():
@@ -181,35 +220,48 @@ def main():
     parser.add_argument("--quick", action="store_true", help="96x96 ImageNet inputs, fewer repeats")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per latency (10; quick 5)")
     parser.add_argument("--epochs", type=int, default=8, help="digits training and fine-tuning epochs (8)")
+    parser.add_argument(
+        "--digits-only", action="store_true", help="only the digits comparison, no ImageNet models"
+    )
+    parser.add_argument(
+        "--importances",
+        type=importance_list,
+        default=DIGITS_IMPORTANCES,
+        help=f"structured rows of the digits comparison ({','.join(DIGITS_IMPORTANCES)})",
+    )
     args = parser.parse_args()
     side = 96 if args.quick else 224
     repeats = args.repeats or (5 if args.quick else 10)
 
-    graph_seconds, prune_seconds = graph_and_prune_time(224)
-    print(
-        f"ResNet50 (224x224): dependency graph alone {graph_seconds:.2f} s; structured.prune at ratio 0.5, "
-        f"which builds its own graph, {prune_seconds:.2f} s (target: under 5 s)\n"
-    )
+    if not args.digits_only:
+        graph_seconds, prune_seconds = graph_and_prune_time(224)
+        print(
+            f"ResNet50 (224x224): dependency graph alone {graph_seconds:.2f} s; structured.prune at ratio 0.5, "
+            f"which builds its own graph, {prune_seconds:.2f} s (target: under 5 s)\n"
+        )
 
-    rows = speedup_rows(side, repeats)
+        rows = speedup_rows(side, repeats)
+        print()
+        print(
+            f"Each pruned row as a share of its unpruned model (ImageNet models at {side}x{side}; median "
+            "latency; LiteRT is float32 with XNNPack). Ideal: latency share = FLOP share; the last column is "
+            "LiteRT's speedup over the FLOP reduction (target >= 0.8 for ResNet50 at 0.5)."
+        )
+        headers = ["Model", "Ratio", "Params", "FLOPs", "Keras b1", "Keras b32", "LiteRT b1", "LiteRT/ideal"]
+        print(format_table(headers, rows, right=range(1, 8)))
+        print()
+
+    rows = digits_comparison(args.epochs, repeats, args.importances)
     print()
     print(
-        f"Each pruned row as a share of its unpruned model (ImageNet models at {side}x{side}; median latency; "
-        "LiteRT is float32 with XNNPack). Ideal: latency share = FLOP share; the last column is LiteRT's "
-        "speedup over the FLOP reduction (target >= 0.8 for ResNet50 at 0.5)."
-    )
-    headers = ["Model", "Ratio", "Params", "FLOPs", "Keras b1", "Keras b32", "LiteRT b1", "LiteRT/ideal"]
-    print(format_table(headers, rows, right=range(1, 8)))
-    print()
-
-    print(
-        f"Digits CNN, {args.epochs} epochs of training and of fine-tuning, LiteRT float32 latency per image:"
+        f"Digits CNN, {args.epochs} epochs of training and of fine-tuning (the same for every row), "
+        "accuracy before and after fine-tuning, FLOPs as a share of dense, LiteRT float32 latency per image:"
     )
     print(
         format_table(
-            ["Model", "Accuracy", "Non-zero parameters", "LiteRT", "Latency share"],
-            digits_comparison(args.epochs, repeats),
-            right=range(1, 5),
+            ["Model", "Before", "Accuracy", "Non-zero parameters", "FLOPs", "LiteRT", "Latency share"],
+            rows,
+            right=range(1, 7),
         )
     )
 
