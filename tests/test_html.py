@@ -61,6 +61,7 @@ class StandInGraph:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("html")
+    keras.backend.clear_session()  # layer names 'conv2d', 'dense', ... whatever ran before
     keras.utils.set_random_seed(0)
     pruned = tfsparse.prune_low_magnitude(make_cnn(), pruning_schedule=tfsparse.ConstantSparsity(NOW, 0))
     prune_to(collect_wrappers(pruned), lambda wrapper: NOW)

@@ -227,9 +227,13 @@ def default_min_density(sparsity: float) -> float:
 
 def _warn_about_emptied(wrappers: list[PruneLowMagnitude]) -> None:
     # A layer with every weight pruned outputs only its bias: the network behind it is cut off.
+    # One boolean per mask comes back to the host, not the mask, so that masks computed on an
+    # accelerator stay there.
     for wrapper in wrappers:
-        for weight, mask in zip(wrapper.pruned_weights, wrapper.get_masks()):
-            if mask.size and not np.any(mask):
+        for weight, mask in zip(wrapper.pruned_weights, wrapper.masks):
+            if int(np.prod(mask.shape)) and not bool(
+                ops.convert_to_numpy(ops.any(ops.greater(mask.value, 0)))
+            ):
                 warnings.warn(
                     f"Layer '{wrapper.name}' has every weight of '{weight.name}' pruned (sparsity "
                     f"{wrapper.pruning_schedule!r}, scope {wrapper.scope!r}, min_density="
