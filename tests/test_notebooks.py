@@ -56,4 +56,10 @@ def test_notebook_is_stored_without_outputs(path):
 
 
 def test_the_notebooks_the_readme_promises_are_there():
-    assert {"01_quickstart", "05_migrating_from_tfmot"} <= {path.stem for path in NOTEBOOKS}
+    assert {
+        "01_quickstart",
+        "02_structured_pruning",
+        "03_choosing_sparsity",
+        "04_compress_for_mobile",
+        "05_migrating_from_tfmot",
+    } <= {path.stem for path in NOTEBOOKS}
