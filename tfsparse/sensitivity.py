@@ -328,6 +328,24 @@ class MaskedCopy:
             for index, variable in enumerate(wrapper.masks):
                 variable.assign(masks[index] if masks else ops.ones(variable.shape, dtype=variable.dtype))
 
+    def _features_from_last(self, cut: list) -> list | None:
+        # The previous layer's cut usually determines this one (layers come in graph order): the
+        # activations then come from the small part of the graph between the two cuts.
+        if getattr(self, "_last", None) is None:
+            return None
+        last_cut, last_features = self._last
+        known = {id(tensor): array for tensor, array in zip(last_cut, last_features)}
+        missing = [tensor for tensor in cut if id(tensor) not in known]
+        if missing:
+            try:
+                step = keras.Model(inputs=last_cut, outputs=missing)
+            except ValueError:  # not computable from the last cut alone
+                return None
+            computed = _run(step, last_features, self.batch_size)
+            computed = computed if isinstance(computed, list) else [computed]
+            known.update({id(tensor): array for tensor, array in zip(missing, computed)})
+        return [known[id(tensor)] for tensor in cut]
+
     def predict(self) -> np.ndarray:
         """The copy's predictions on `x` under the current masks."""
         return _run(self.model, self.x, self.batch_size)
@@ -348,10 +366,13 @@ class MaskedCopy:
         """
         if not cut:
             return self.predict
-        inputs = self.model.inputs
-        upstream = keras.Model(inputs=inputs[0] if len(inputs) == 1 else inputs, outputs=cut)
-        features = _run(upstream, self.x, self.batch_size)
-        features = features if isinstance(features, list) else [features]
+        features = self._features_from_last(cut)
+        if features is None:
+            inputs = self.model.inputs
+            upstream = keras.Model(inputs=inputs[0] if len(inputs) == 1 else inputs, outputs=cut)
+            features = _run(upstream, self.x, self.batch_size)
+            features = features if isinstance(features, list) else [features]
+        self._last = (cut, features)
         outputs = self.model.outputs
         downstream = keras.Model(inputs=cut, outputs=outputs[0] if len(outputs) == 1 else outputs)
         return lambda: _run(downstream, features, self.batch_size)
