@@ -74,3 +74,54 @@ def test_scan_refuses_bad_arguments(trained_digits_cnn):
         tfsparse.sensitivity_scan(model, validation, layers=["nope"], verbose=0)
     with pytest.raises(ValueError, match="criterion='movement'"):
         tfsparse.sensitivity_scan(model, validation, criterion="movement", verbose=0)
+
+
+def _branchy_model():
+    """A residual block, a nested model, a layer called twice and a concatenation."""
+    inputs = keras.Input((16,))
+    stem = keras.layers.Dense(12, activation="relu", name="stem")(inputs)
+    branch = keras.layers.Dense(12, activation="relu", name="branch")(stem)
+    branch = keras.layers.Dense(12, activation="relu", name="branch_2")(branch)
+    block = keras.layers.Add(name="residual")([stem, branch])
+    nested = keras.Sequential([keras.Input((12,)), keras.layers.Dense(12, name="inner")], name="nested")
+    shared = keras.layers.Dense(12, activation="relu", name="shared")
+    twice = shared(shared(nested(block)))
+    outputs = keras.layers.Dense(4, name="head")(keras.layers.Concatenate()([twice, block]))
+    return keras.Model(inputs, outputs)
+
+
+def test_scan_runs_only_the_graph_after_each_layer_with_the_same_results(tabular):
+    x, y = tabular
+    model = _branchy_model()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=3, batch_size=64, verbose=0)
+    masked = tfsparse.sensitivity.MaskedCopy(model, (x, y))
+    cuts = tfsparse.sensitivity.downstream_cuts(masked.model)
+    # Nested and shared layers fall back to the full model; the residual branch's cut holds the
+    # shortcut too, and the head's cut is both inputs of the concatenation.
+    assert sorted(cuts) == ["branch", "branch_2", "head", "stem"]
+    assert [tuple(t.shape) for t in cuts["stem"]] == [(None, 16)]
+    assert cuts["branch"] == [masked.model.get_layer("prune_low_magnitude_stem").output]
+    assert [t.name for t in cuts["branch_2"]] == [
+        masked.model.get_layer(f"prune_low_magnitude_{name}").output.name for name in ("branch", "stem")
+    ]
+    assert len(cuts["head"]) == 1 and tuple(cuts["head"][0].shape) == (None, 24)
+
+    def confidence(y_true, y_pred):  # a continuous metric: any numerical difference shows
+        return float(np.mean(y_pred[np.arange(len(y_true)), y_true]))
+
+    for metric in ("accuracy", confidence):
+        fast, full = (
+            tfsparse.sensitivity_scan(
+                model, (x, y), sparsities=(0.5, 0.9), metric=metric, verbose=0, downstream_only=only
+            )
+            for only in (True, False)
+        )
+        assert fast.results == full.results and fast.baseline == full.baseline
+        assert list(fast.results) == ["stem", "branch", "branch_2", "inner", "shared", "head"]
+    assert fast.results["stem"][0.9] != fast.results["stem"][0.5]
+    # One-shot pruning of the residual branch alone gives what the scan measured.
+    alone = tfsparse.prune_oneshot(model, {"branch_2": 0.9}, criterion="magnitude")
+    assert fast.results["branch_2"][0.9] == pytest.approx(
+        confidence(y, alone.predict(x, verbose=0)), rel=1e-5
+    )
