@@ -17,6 +17,14 @@ import keras
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
+class OutputExistsError(FileExistsError, ValueError):
+    """The output path exists and `overwrite=True` was not given.
+
+    Both a `FileExistsError` and a `ValueError` (as `io.UnsupportedOperation` is both an `OSError`
+    and a `ValueError`), so that callers catching either kind of bad input catch it.
+    """
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -82,6 +90,45 @@ def check_output_file(path: str, force: bool, suffixes: tuple[str, ...]) -> str:
         raise ValueError(f"{path} is a folder; give a file name.")
     if os.path.lexists(path) and not force:
         raise ValueError(f"{path} exists; pass --force to replace it.")
+    check_writable_folder(path)
+    return path
+
+
+def check_output_argument(
+    path,
+    overwrite: bool,
+    suffixes: tuple[str, ...] = (),
+    must_be_file: bool = True,
+    overwrite_argument: str = "overwrite",
+) -> str:
+    """`path` as a string if a Python function may write its output there, else a `ValueError`.
+
+    The API's twin of `check_output_file`, worded for arguments: the suffix (when `suffixes` is
+    given), an existing writable folder, not a folder itself (unless `must_be_file=False`, for
+    outputs that are folders), and not there yet unless `overwrite` (an `OutputExistsError` naming
+    `overwrite_argument`).
+
+    Example:
+
+    ```python
+    check_output_argument("report.html", overwrite=False, suffixes=(".html", ".htm"))
+    ```
+    """
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise ValueError(f"Argument `path` must be a file path. Received: path={path!r}") from None
+    if suffixes and not path.lower().endswith(suffixes):
+        raise ValueError(f"Argument `path` must end in {' or '.join(suffixes)}. Received: path={path!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"Argument `path`: the folder {folder!r} does not exist. Received: path={path!r}")
+    if must_be_file and os.path.isdir(path):
+        raise ValueError(f"Argument `path` is a folder; give a file name. Received: path={path!r}")
+    if os.path.lexists(path) and not overwrite:
+        raise OutputExistsError(
+            f"Argument `path`: {path!r} exists; pass `{overwrite_argument}=True` to replace it."
+        )
     check_writable_folder(path)
     return path
 

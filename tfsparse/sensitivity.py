@@ -138,7 +138,7 @@ class SensitivityScan:
         scan.save("scan.json")
         ```
         """
-        _check_output(path, force, ".json")
+        _files.check_output_argument(path, force, suffixes=(".json",), overwrite_argument="force")
         text = self.to_json()
 
         def write(temporary):
@@ -179,7 +179,7 @@ class SensitivityScan:
         scan.plot("sensitivity.png")
         ```
         """
-        _check_output(path, force, ".png")
+        _files.check_output_argument(path, force, suffixes=(".png",), overwrite_argument="force")
         try:
             from matplotlib.figure import Figure
         except ImportError:
@@ -200,16 +200,6 @@ class SensitivityScan:
         figure.tight_layout()
         _files.write_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=110))
         return path
-
-
-def _check_output(path: str, force: bool, suffix: str) -> None:
-    if not str(path).lower().endswith(suffix):
-        raise ValueError(f"Argument `path` must end in {suffix}. Received: path={path!r}")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"Argument `path` must be in an existing folder; {folder} does not exist.")
-    if os.path.lexists(path) and not force:
-        raise ValueError(f"{path} exists; pass `force=True` to replace it.")
 
 
 def check_data(data) -> tuple[np.ndarray, np.ndarray]:

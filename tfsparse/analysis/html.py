@@ -89,7 +89,7 @@ def html_report(
     tfsparse.analysis.html_report("model.tflite", "tflite.html", overwrite=True)
     ```
     """
-    path = _check_output(path, overwrite)
+    path = _files.check_output_argument(path, overwrite, suffixes=(".html", ".htm"))
     if isinstance(model_or_path, keras.Model):
         data = _keras_data(model_or_path, source=f"Keras model '{model_or_path.name}'")
     elif isinstance(model_or_path, (str, os.PathLike)):
@@ -121,23 +121,6 @@ def html_report(
             file.write(page)
 
     _files.write_atomically(path, write)
-    return path
-
-
-def _check_output(path, overwrite: bool) -> str:
-    try:
-        path = os.fspath(path)
-    except TypeError:
-        raise ValueError(f"Argument `path` must be a file path. Received: path={path!r}") from None
-    if not path.lower().endswith((".html", ".htm")):
-        raise ValueError(f"Argument `path` must end in .html. Received: path={path!r}")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"Argument `path`: the folder {folder!r} does not exist. Received: path={path!r}")
-    if os.path.isdir(path):
-        raise ValueError(f"Argument `path` is a folder; give a file name. Received: path={path!r}")
-    if os.path.lexists(path) and not overwrite:
-        raise ValueError(f"Argument `path`: {path!r} exists; pass `overwrite=True` to replace it.")
     return path
 
 

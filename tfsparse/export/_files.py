@@ -10,17 +10,9 @@ import tempfile
 import keras
 import numpy as np
 
-from tfsparse._files import check_writable_folder, write_atomically
+from tfsparse._files import OutputExistsError, check_output_argument, write_atomically  # noqa: F401 (re-exported: tfsparse.export.OutputExistsError)
 from tfsparse.mask_updates import collect_wrappers
 from tfsparse.prune import strip_pruning
-
-
-class OutputExistsError(FileExistsError, ValueError):
-    """The output path exists and `overwrite=True` was not given.
-
-    Both a `FileExistsError` and a `ValueError` (as `io.UnsupportedOperation` is both an `OSError`
-    and a `ValueError`), so that callers catching either kind of bad input catch it.
-    """
 
 
 def check_model(model, argument: str = "model") -> None:
@@ -146,17 +138,8 @@ def keras_outputs(model: keras.Model, inputs: list[np.ndarray]) -> list[np.ndarr
 
 def check_output_path(path, overwrite: bool) -> str:
     """`path` as a string, refusing an existing path (unless `overwrite`) or a missing parent folder."""
-    try:
-        path = os.fspath(path)
-    except TypeError:
-        raise ValueError(f"Argument `path` must be a file path. Received: path={path!r}") from None
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise ValueError(f"Argument `path`: the folder {parent!r} does not exist. Received: path={path!r}")
-    if os.path.lexists(path) and not overwrite:
-        raise OutputExistsError(f"Argument `path`: {path!r} exists; pass `overwrite=True` to replace it.")
-    check_writable_folder(path)
-    return path
+    # Exports write files or (SavedModel) folders, so a folder at `path` is not refused here.
+    return check_output_argument(path, overwrite, must_be_file=False)
 
 
 def write_file_atomically(path: str, content: bytes, overwrite: bool) -> None:
