@@ -169,10 +169,21 @@ def _print_groups(model, as_json: bool) -> None:
     print("model input or output and keep all their channels.")
 
 
-def _run_structured_prune(args) -> None:
-    from tfsparse import _files, analysis, structured
+def _load_model_to_prune(args):
+    """The model `tfsparse prune` starts from, once the output path is known to be writable."""
+    from tfsparse import _files
     from tfsparse.mask_updates import collect_wrappers
     from tfsparse.prune import strip_pruning
+
+    _files.check_output_file(args.output, args.force, (".keras",))
+    model = _files.load_model(args.model)
+    if collect_wrappers(model):  # a checkpoint saved during pruning: start from its masked weights
+        model = strip_pruning(model)
+    return model
+
+
+def _run_structured_prune(args) -> None:
+    from tfsparse import _files, analysis, structured
 
     for flag, value in (("--sparsity", args.sparsity), ("--m-by-n", args.m_by_n)):
         if value is not None:
@@ -188,10 +199,7 @@ def _run_structured_prune(args) -> None:
             prog=f"{PROG} prune",
             status=2,
         )
-    _files.check_output_file(args.output, args.force, (".keras",))
-    model = _files.load_model(args.model)
-    if collect_wrappers(model):  # a checkpoint saved during pruning: start from its masked weights
-        model = strip_pruning(model)
+    model = _load_model_to_prune(args)
     plan = structured.plan(
         model,
         ratio=args.ratio,
@@ -253,10 +261,7 @@ def _run_prune(args) -> None:
             prog=f"{PROG} prune",
             status=2,
         )
-    _files.check_output_file(args.output, args.force, (".keras",))
-    model = _files.load_model(args.model)
-    if collect_wrappers(model):  # a checkpoint saved during pruning: start from its masked weights
-        model = strip_pruning(model)
+    model = _load_model_to_prune(args)
     pruned = prune_low_magnitude(
         model,
         # With M:N the pattern fixes the sparsity; the schedule's value is unused (and 1 - M/N can
