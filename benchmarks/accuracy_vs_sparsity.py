@@ -17,8 +17,9 @@ Methods (default: the first eight):
 - taylor / movement: those criteria with one global threshold (their scores estimate the loss
   change, comparable across layers); taylor draws 4 batches of training data per mask update;
   movement counts from the dense weights;
-- auto: `tfsparse.auto_sparsity(dense, validation, target=s)` (magnitude sensitivity scan, one layer
-  at a time, no retraining), then gradual magnitude pruning of each layer to its own sparsity;
+- auto: `tfsparse.auto_sparsity(dense, validation, target=s)` (magnitude sensitivity scan of the
+  validation accuracy, one layer at a time, no retraining), then gradual pruning of each layer to
+  its own sparsity with the taylor criterion (4 batches of training data per mask update);
 - taylor+distill, auto+distill: the same, every epoch trained with `teacher=dense`
   (`tfsparse.Distiller`, temperature 2, alpha 0.5);
 - global+lamp, l1+threshold, wanda (one-shot) with `--methods`: LAMP-normalized global magnitude; a
@@ -130,11 +131,11 @@ METHODS = {
     "global": lambda *a: _gradual(*a, scope="global"),
     "taylor": lambda *a: _gradual(*a, criterion="taylor", scope="global"),
     "movement": lambda *a: _gradual(*a, criterion="movement", scope="global"),
-    "auto": lambda *a: _gradual(*a, auto=True),
+    "auto": lambda *a: _gradual(*a, auto=True, criterion="taylor"),
     "taylor+distill": lambda *a: _gradual(
         *a, criterion="taylor", scope="global", **{**DISTILL, "teacher": a[0]}
     ),
-    "auto+distill": lambda *a: _gradual(*a, auto=True, **{**DISTILL, "teacher": a[0]}),
+    "auto+distill": lambda *a: _gradual(*a, auto=True, criterion="taylor", **{**DISTILL, "teacher": a[0]}),
     "global+lamp": lambda *a: _gradual(*a, scope="global", score_normalization="lamp"),
     "l1+threshold": _l1_then_threshold,
     "wanda (one-shot)": _wanda_oneshot,
@@ -320,8 +321,11 @@ def plot(all_results, sparsities, path):
         axis.set_ylabel("accuracy (%)")
         axis.set_ylim(bottom=max(0, min(min(r.values()) for r in results.values()) * 100 - 5))
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.tight_layout()
+    # One legend for all panels, below them: inside an axis it covers the curves at high sparsity.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 10), fontsize=9, frameon=False)
+    rows = -(-len(labels) // 10)
+    figure.tight_layout(rect=(0, 0.06 * rows + 0.02, 1, 1))
     figure.savefig(path, dpi=120)
 
 

@@ -125,3 +125,19 @@ def test_scan_runs_only_the_graph_after_each_layer_with_the_same_results(tabular
     assert fast.results["branch_2"][0.9] == pytest.approx(
         confidence(y, alone.predict(x, verbose=0)), rel=1e-5
     )
+
+
+def test_a_taylor_scan_scores_on_calibration_data_and_measures_on_the_held_out_data(trained_digits_cnn):
+    model, validation, test = trained_digits_cnn
+    kwargs = {"sparsities": (0.98,), "criterion": "taylor", "layers": ["dense"], "verbose": 0}
+    own = tfsparse.sensitivity_scan(model, validation, **kwargs)
+    other = tfsparse.sensitivity_scan(model, validation, calibration_data=test, **kwargs)
+    # Scored on other samples, the layer pruned as one-shot pruning scores it on them.
+    alone = tfsparse.prune_oneshot(model, {"dense": 0.98}, data=test, criterion="taylor", batch_size=256)
+    assert other.results["dense"][0.98] == pytest.approx(_accuracy(alone, validation))
+    # Scored on the very samples it measures, it keeps what they need and looks more robust.
+    assert own.results["dense"][0.98] > other.results["dense"][0.98] + 0.1
+    auto = {"criterion": "taylor", "sparsities": (0.5, 0.9, 0.98), "verbose": 0}
+    scan = tfsparse.sensitivity_scan(model, validation, calibration_data=test, **auto)
+    chosen = tfsparse.auto_sparsity(model, validation, target=0.9, calibration_data=test, **auto)
+    assert chosen == tfsparse.allocation.allocate(scan, 0.9)

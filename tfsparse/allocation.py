@@ -101,6 +101,7 @@ def auto_sparsity(
     scan: SensitivityScan | None = None,
     batch_size: int = 256,
     verbose: int = 1,
+    calibration_data=None,
 ) -> dict[str, float]:
     """Chooses a sparsity for every prunable layer from a sensitivity scan on held-out data.
 
@@ -121,6 +122,8 @@ def auto_sparsity(
         scan: a `SensitivityScan` of `model` on `data` to reuse instead of scanning again.
         batch_size: the batch size of the predictions.
         verbose: 1 shows the scan's progress bar.
+        calibration_data: for "wanda" and "taylor", the data they score weights on instead of
+            `data` (see `sensitivity_scan`): a few hundred training samples `(x, y)`.
 
     Returns:
         `{layer name: sparsity}` for every scanned layer, ready for
@@ -155,6 +158,7 @@ def auto_sparsity(
             criterion=criterion,
             batch_size=batch_size,
             verbose=verbose,
+            calibration_data=calibration_data,
         )
     elif not isinstance(scan, SensitivityScan):
         raise ValueError(f"Argument `scan` must be a `tfsparse.SensitivityScan`. Received: scan={scan!r}")
@@ -164,7 +168,7 @@ def auto_sparsity(
     sign = 1.0 if higher_is_better else -1.0
     reachable = sum(scan.sizes[n] * max(by) for n, by in scan.results.items()) / sum(scan.sizes.values())
     # The drop grows with the overall sparsity: bisect on it, measuring the model pruned as chosen.
-    masked = MaskedCopy(model, (x, y), scan.criterion, batch_size)
+    masked = MaskedCopy(model, (x, y), scan.criterion, batch_size, calibration_data)
     low, high, best = 0.0, reachable, allocate(scan, 0.0)
     for _ in range(7):
         middle = (low + high) / 2

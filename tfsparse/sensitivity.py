@@ -276,9 +276,12 @@ class MaskedCopy:
 
     Args:
         model: the model to copy (not changed).
-        data: `(x, y)` arrays: predicted on, and the calibration data of "wanda" and "taylor".
+        data: `(x, y)` arrays: predicted on, and the calibration data of "wanda" and "taylor"
+            unless `calibration_data` is given.
         criterion: "magnitude", "wanda" or "taylor".
         batch_size: the batch size of predictions and calibration.
+        calibration_data: `(x, y)` arrays or batches to score "wanda" and "taylor" on instead of
+            `data` (all of it is used).
 
     Example:
 
@@ -289,7 +292,14 @@ class MaskedCopy:
     ```
     """
 
-    def __init__(self, model: keras.Model, data, criterion: str = "magnitude", batch_size: int = 256):
+    def __init__(
+        self,
+        model: keras.Model,
+        data,
+        criterion: str = "magnitude",
+        batch_size: int = 256,
+        calibration_data=None,
+    ):
         scorer = criteria.get(criterion)
         if scorer.signed:
             raise ValueError(
@@ -305,7 +315,8 @@ class MaskedCopy:
         calibration = None
         if scorer.needs_calibration:
             loss = getattr(model, "loss", None)
-            calibration = Calibration(self.model, (self.x, y), batches=None, batch_size=batch_size, loss=loss)
+            scored_on = (self.x, y) if calibration_data is None else calibration_data
+            calibration = Calibration(self.model, scored_on, batches=None, batch_size=batch_size, loss=loss)
         inputs = mask_updates.criterion_inputs(wrappers, calibration)
         self.wrappers = {w.layer.name: w for w in wrappers}
         self._scores = {w.layer.name: mask_updates.layer_scores(w, inputs[id(w)]) for w in wrappers}
@@ -456,6 +467,7 @@ def sensitivity_scan(
     batch_size: int = 256,
     verbose: int = 1,
     downstream_only: bool = True,
+    calibration_data=None,
 ) -> SensitivityScan:
     """Prunes each layer alone to each sparsity (one-shot) and measures the metric on held-out data.
 
@@ -473,6 +485,11 @@ def sensitivity_scan(
             the graph after it for each sparsity (same results, faster); False runs the full model
             for every measurement. Layers of nested models, shared and multi-input layers always
             run the full model.
+        calibration_data: what "wanda" and "taylor" score weights on, instead of `data`: `(x, y)`
+            arrays or batches, typically a few hundred training samples. Scored and measured on
+            the same samples, a data criterion keeps just the weights those samples need, and the
+            scan then reports layers as more robust than they are on new data (in gradual pruning
+            the criterion scores on training batches too).
 
     Returns:
         A `SensitivityScan`.
@@ -488,7 +505,7 @@ def sensitivity_scan(
     x, y = check_data(data)
     sparsities = _check_sparsities(sparsities)
     name, metric_fn, higher_is_better = resolve_metric(model, y, metric)
-    masked = MaskedCopy(model, (x, y), criterion, batch_size)
+    masked = MaskedCopy(model, (x, y), criterion, batch_size, calibration_data)
     wrappers = masked.wrappers
     if layers is not None:
         unknown = sorted(set(layers) - set(wrappers))
