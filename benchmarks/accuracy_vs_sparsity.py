@@ -29,7 +29,7 @@ Methods (default: the first eight):
 Sparsity counts the kernels of every Conv2D and Dense layer (biases are not pruned).
 
     python benchmarks/accuracy_vs_sparsity.py [--quick] [--tasks digits signal noisy] [--no-tfmot]
-        [--methods magnitude auto ...]
+        [--methods magnitude auto ...] [--sparsities 0.9 0.95]
 """
 
 import argparse
@@ -331,9 +331,16 @@ def main():
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--no-tfmot", action="store_true", help="skip the tf-keras/tfmot reference")
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
+    parser.add_argument(
+        "--sparsities",
+        nargs="+",
+        type=float,
+        help="sparsities to run (default: those of --quick or the full run)",
+    )
     parser.add_argument("--plot", default=os.path.join(os.path.dirname(__file__), "accuracy_vs_sparsity.png"))
     settings = parser.parse_args()
-    settings.sparsities = [0.9, 0.95, 0.98] if settings.quick else [0.5, 0.75, 0.9, 0.95, 0.98]
+    if not settings.sparsities:
+        settings.sparsities = [0.9, 0.95, 0.98] if settings.quick else [0.5, 0.75, 0.9, 0.95, 0.98]
     settings.dense_epochs = 15 if settings.quick else 30
     settings.pruning_epochs = 4 if settings.quick else 8
     settings.finetune_epochs = 4 if settings.quick else 8
