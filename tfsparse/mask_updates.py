@@ -2,7 +2,7 @@
 
 This is the host-side step that `UpdatePruningStep` runs when a schedule says to prune, and that
 one-shot pruning runs once. It reads the weights and whatever else each wrapper's criterion needs
-(gradients or input norms measured on calibration data, reference weights kept by the wrapper),
+(gradients or input norms measured on calibration data, movement scores kept by the wrapper),
 scores them, turns scores into masks per layer or with one global threshold (optionally on LAMP-
 normalized scores, with a minimum density per layer), and writes masks and masked weights back.
 """
@@ -94,6 +94,10 @@ def criterion_inputs(wrappers: list[PruneLowMagnitude], calibration) -> dict[int
         )
     gradient_weights = [v for w in wrappers if "gradient" in needs[id(w)] for v in w.pruned_weights]
     gradients = iter(calibration.gradient_magnitudes(gradient_weights) if gradient_weights else ())
+    moving = [w for w in wrappers if "accumulated_score" in needs[id(w)]]
+    sums = iter(calibration.gradient_sums([v for w in moving for v in w.pruned_weights]) if moving else ())
+    for wrapper in moving:
+        wrapper.accumulate_movement([next(sums) for _ in wrapper.pruned_weights])
     norm_wrappers = [w for w in wrappers if "input_norm" in needs[id(w)]]
     norms = calibration.input_norms(norm_wrappers) if norm_wrappers else {}
     inputs = {}
@@ -105,9 +109,9 @@ def criterion_inputs(wrappers: list[PruneLowMagnitude], calibration) -> dict[int
         if "input_norm" in needs[id(wrapper)]:
             for weight_inputs, norm in zip(per_weight, _input_norm_for(wrapper, norms.get(id(wrapper)))):
                 weight_inputs["input_norm"] = norm
-        if "reference" in needs[id(wrapper)]:
-            for weight_inputs, reference in zip(per_weight, wrapper.get_weight_references()):
-                weight_inputs["reference"] = reference
+        if "accumulated_score" in needs[id(wrapper)]:
+            for weight_inputs, score in zip(per_weight, wrapper.get_movement_scores()):
+                weight_inputs["accumulated_score"] = score
         inputs[id(wrapper)] = per_weight
     return inputs
 
@@ -160,9 +164,7 @@ def _refuse_nan_scores(wrapper: PruneLowMagnitude, index: int, value: np.ndarray
 # is faster. The other criteria need host data (calibration) anyway.
 _DEVICE_SCORES = {
     "magnitude": lambda weight, variables: ops.abs(weight),
-    "movement": lambda weight, variables: (
-        0.5 * (ops.square(weight) - ops.square(variables["reference"].value))
-    ),
+    "movement": lambda weight, variables: variables["accumulated_score"].value,
 }
 
 
@@ -176,11 +178,13 @@ def _scored_on_device(wrapper: PruneLowMagnitude) -> bool:
 
 def _device_scores(wrapper: PruneLowMagnitude) -> list:
     score = _DEVICE_SCORES[wrapper.criterion]
-    references = wrapper.weight_references or [None] * len(wrapper.pruned_weights)
+    accumulated = wrapper.movement_scores or [None] * len(wrapper.pruned_weights)
     scores = []
-    for weight, mask, reference in zip(wrapper.pruned_weights, wrapper.masks, references):
+    for weight, mask, accumulated_score in zip(wrapper.pruned_weights, wrapper.masks, accumulated):
         kept = ops.greater(mask.value, 0)
-        weight_scores = score(weight.value * ops.cast(mask.value, weight.dtype), {"reference": reference})
+        weight_scores = score(
+            weight.value * ops.cast(mask.value, weight.dtype), {"accumulated_score": accumulated_score}
+        )
         weight_scores = ops.where(kept, weight_scores, ops.cast(float("-inf"), weight_scores.dtype))
         nans = device_masking.count_nan(weight_scores)
         if nans:
@@ -200,14 +204,6 @@ def _device_layer_masks(wrapper: PruneLowMagnitude, scores: list, sparsity: floa
     return [
         device_masking.block_mask(s, sparsity, wrapper.block_size, wrapper.block_pooling_type) for s in scores
     ]
-
-
-def _record_references(wrapper: PruneLowMagnitude) -> None:
-    # Wrappers take their reference when built; models saved before they did carry zeros, and
-    # count movement from their first mask update instead.
-    references = wrapper.get_weight_references()
-    if references and not any(np.any(r) for r in references):
-        wrapper.set_weight_references(wrapper.get_pruned_weight_values())
 
 
 def default_min_density(sparsity: float) -> float:
@@ -310,8 +306,6 @@ def prune_to(wrappers: Iterable[PruneLowMagnitude], sparsity_of, calibration=Non
         for (wrapper, _), per_wrapper in zip(group, scores):
             wrapper.set_masks([next(masks) for _ in per_wrapper])
     _warn_about_emptied([wrapper for wrapper, _ in due])
-    for wrapper, _ in due:
-        _record_references(wrapper)
 
 
 def _regrowing(due: list[tuple[PruneLowMagnitude, float]]) -> set[int]:

@@ -114,9 +114,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         sparsity_m_by_n: `(m, n)` keeps the `m` largest of every `n` consecutive weights along the
             input dimension (2:4 for sparse tensor cores); the schedule then only says when.
         criterion: how weights are scored: a name from `tfsparse.criteria`: "magnitude",
-            "taylor" (|w * gradient|), "movement" (weights moving toward zero go first) or
-            "wanda" (|w| * input norm). "taylor" and "wanda" need
-            `UpdatePruningStep(calibration_data=...)`.
+            "taylor" (|w * gradient|), "movement" (-sum of gradient * w over the mask updates:
+            weights the loss pulls toward zero go first) or "wanda" (|w| * input norm). All but
+            "magnitude" need `UpdatePruningStep(calibration_data=...)`.
         scope: "layer" (each layer reaches the sparsity) or "global" (one threshold across all
             layers pruned with scope "global" and the same schedule).
         regularizer: a `tfsparse.regularizers` penalty on the pruned weights, added to the
@@ -227,13 +227,11 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         super().build(input_shape)
         self.pruned_weights = registry.prunable_weights(self.layer)
         self.masks = self._companions("mask", "ones", self.pruned_weights)
-        # Criteria that score change (movement) keep the weights as they were when pruning began.
-        needs_reference = "reference" in criteria.get(self.criterion).inputs
-        self.weight_references = self._companions(
-            "reference", "zeros", self.pruned_weights if needs_reference else ()
+        # Movement sums -gradient * weight over mask updates; the sum is state, saved with the model.
+        accumulates = "accumulated_score" in criteria.get(self.criterion).inputs
+        self.movement_scores = self._companions(
+            "movement_score", "zeros", self.pruned_weights if accumulates else ()
         )
-        for reference, weight in zip(self.weight_references, self.pruned_weights):
-            reference.assign(ops.copy(weight.value))  # movement counts from the weights as wrapped
         self.pruning_step = self.add_weight(
             name="pruning_step",
             shape=(),
@@ -352,14 +350,22 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             # Multiplied where the weight lives: no round trip of the weight through the host.
             weight.assign(ops.multiply(weight.value, ops.cast(mask_variable.value, weight.dtype)))
 
-    def get_weight_references(self) -> list[np.ndarray]:
-        """The weights as they were when pruning began (criteria that score change); zeros before."""
-        return [ops.convert_to_numpy(r.value) for r in self.weight_references]
+    def get_movement_scores(self) -> list[np.ndarray]:
+        """Criterion "movement"'s score per pruned weight: `-sum g * w` over the mask updates so far."""
+        return [ops.convert_to_numpy(score.value) for score in self.movement_scores]
 
-    def set_weight_references(self, references: Sequence[np.ndarray]) -> None:
-        """Records the reference weights that criteria such as "movement" measure change from."""
-        for variable, value in zip(self.weight_references, references):
-            variable.assign(np.asarray(value).astype(variable.dtype))
+    def accumulate_movement(self, gradients: Sequence) -> None:
+        """Adds `-gradient * weight` (masked weights) to each pruned weight's movement score.
+
+        Args:
+            gradients: per pruned weight, the signed loss gradient summed over this update's
+                calibration batches.
+        """
+        for score, weight, mask, gradient in zip(
+            self.movement_scores, self.pruned_weights, self.masks, gradients
+        ):
+            masked = ops.multiply(weight.value, ops.cast(mask.value, weight.dtype))
+            score.assign(criteria.movement_step(score.value, masked, ops.cast(gradient, score.dtype)))
 
     def set_input_observer(self, observer) -> None:
         """Calls `observer(inputs)` on every eager call of the layer, or stops with None.
