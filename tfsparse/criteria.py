@@ -170,12 +170,15 @@ class Criterion:
         score: `score(weight, **inputs) -> scores`.
         inputs: the keyword inputs `score` takes: "gradient", "input_norm", "accumulated_score".
         signed: whether scores can be negative (LAMP normalization needs non-negative scores).
+        straight_through: whether pruned weights keep their scores and come back when those rise
+            above a kept weight's; otherwise a pruned weight stays pruned.
     """
 
     name: str
     score: Callable[..., np.ndarray]
     inputs: tuple[str, ...] = ()
     signed: bool = False
+    straight_through: bool = False
 
     def __call__(self, weight: np.ndarray, **inputs) -> np.ndarray:
         return self.score(weight, **inputs)
@@ -190,7 +193,9 @@ _CRITERIA = types.MappingProxyType(
     {
         "magnitude": Criterion("magnitude", magnitude),
         "taylor": Criterion("taylor", taylor, inputs=("gradient",)),
-        "movement": Criterion("movement", movement, inputs=("accumulated_score",), signed=True),
+        "movement": Criterion(
+            "movement", movement, inputs=("accumulated_score",), signed=True, straight_through=True
+        ),
         "wanda": Criterion("wanda", wanda, inputs=("input_norm",)),
     }
 )

@@ -94,10 +94,7 @@ def criterion_inputs(wrappers: list[PruneLowMagnitude], calibration) -> dict[int
         )
     gradient_weights = [v for w in wrappers if "gradient" in needs[id(w)] for v in w.pruned_weights]
     gradients = iter(calibration.gradient_magnitudes(gradient_weights) if gradient_weights else ())
-    moving = [w for w in wrappers if "accumulated_score" in needs[id(w)]]
-    sums = iter(calibration.gradient_sums([v for w in moving for v in w.pruned_weights]) if moving else ())
-    for wrapper in moving:
-        wrapper.accumulate_movement([next(sums) for _ in wrapper.pruned_weights])
+    _accumulate_movement([w for w in wrappers if "accumulated_score" in needs[id(w)]], calibration)
     norm_wrappers = [w for w in wrappers if "input_norm" in needs[id(w)]]
     norms = calibration.input_norms(norm_wrappers) if norm_wrappers else {}
     inputs = {}
@@ -116,6 +113,29 @@ def criterion_inputs(wrappers: list[PruneLowMagnitude], calibration) -> dict[int
     return inputs
 
 
+def _accumulate_movement(wrappers: list[PruneLowMagnitude], calibration) -> None:
+    # Straight-through (Sanh et al.): the gradient with respect to the masked weight, pruned
+    # positions included. The stored weights are made exactly the masked ones (momentum may have
+    # moved pruned ones), so with every mask at one the model computes the same outputs while the
+    # gradient reaches every position.
+    if not wrappers:
+        return
+    saved = []
+    for wrapper in wrappers:
+        wrapper.set_masks([mask.value for mask in wrapper.masks])
+        saved.append([ops.copy(mask.value) for mask in wrapper.masks])
+        for mask in wrapper.masks:
+            mask.assign(ops.ones_like(mask.value))
+    try:
+        sums = iter(calibration.gradient_sums([v for w in wrappers for v in w.pruned_weights]))
+    finally:
+        for wrapper, masks in zip(wrappers, saved):
+            for mask, value in zip(wrapper.masks, masks):
+                mask.assign(value)
+    for wrapper in wrappers:
+        wrapper.accumulate_movement([next(sums) for _ in wrapper.pruned_weights])
+
+
 def layer_scores(wrapper: PruneLowMagnitude, inputs: list[dict] | None = None) -> list[np.ndarray]:
     """The scores of a wrapper's pruned weights under its criterion; pruned weights score -inf.
 
@@ -130,8 +150,11 @@ def layer_scores(wrapper: PruneLowMagnitude, inputs: list[dict] | None = None) -
     scores = []
     for value, mask, weight_inputs in zip(wrapper.get_pruned_weight_values(), wrapper.get_masks(), inputs):
         # Weights already pruned score from their masked value and below every kept weight, so a
-        # pruned weight stays pruned whatever the criterion (signed ones included).
-        weight_scores = np.where(mask > 0, score(value * mask, **weight_inputs), -np.inf)
+        # pruned weight stays pruned whatever the criterion (signed ones included), except under
+        # straight-through criteria, whose scores keep counting for pruned weights.
+        weight_scores = score(value * mask, **weight_inputs)
+        if not score.straight_through:
+            weight_scores = np.where(mask > 0, weight_scores, -np.inf)
         _refuse_nan_scores(wrapper, len(scores), np.where(mask > 0, value, 0.0), weight_scores)
         if wrapper.score_normalization == "lamp":
             weight_scores = criteria.lamp(weight_scores)
@@ -185,7 +208,8 @@ def _device_scores(wrapper: PruneLowMagnitude) -> list:
         weight_scores = score(
             weight.value * ops.cast(mask.value, weight.dtype), {"accumulated_score": accumulated_score}
         )
-        weight_scores = ops.where(kept, weight_scores, ops.cast(float("-inf"), weight_scores.dtype))
+        if not criteria.get(wrapper.criterion).straight_through:
+            weight_scores = ops.where(kept, weight_scores, ops.cast(float("-inf"), weight_scores.dtype))
         nans = device_masking.count_nan(weight_scores)
         if nans:
             raise ValueError(

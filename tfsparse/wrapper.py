@@ -202,6 +202,11 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         if min_density is not None and not 0.0 <= min_density <= 1.0:
             raise ValueError(f"Argument `min_density` must be in [0, 1]. Received: min_density={min_density}")
         regrowth = _check_regrowth(regrowth, block_size, sparsity_m_by_n)
+        if regrowth is not None and scorer.straight_through:
+            raise ValueError(
+                f"Criterion {criterion!r} already brings back pruned weights whose score rises; it "
+                f"cannot be combined with `regrowth`. Received: regrowth={regrowth!r}"
+            )
         kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
         kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **kwargs)
@@ -227,11 +232,15 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         super().build(input_shape)
         self.pruned_weights = registry.prunable_weights(self.layer)
         self.masks = self._companions("mask", "ones", self.pruned_weights)
-        # Movement sums -gradient * weight over mask updates; the sum is state, saved with the model.
+        # Movement sums -gradient * weight over mask updates, pruned weights included (straight-
+        # through): the sum and the pruned weights' values are state, saved with the model.
         accumulates = "accumulated_score" in criteria.get(self.criterion).inputs
         self.movement_scores = self._companions(
             "movement_score", "zeros", self.pruned_weights if accumulates else ()
         )
+        self.dense_weights = self._companions("dense", "zeros", self.pruned_weights if accumulates else ())
+        for dense, weight in zip(self.dense_weights, self.pruned_weights):
+            dense.assign(ops.copy(weight.value))
         self.pruning_step = self.add_weight(
             name="pruning_step",
             shape=(),
@@ -344,7 +353,14 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def set_masks(self, masks: Sequence) -> None:
         """Sets the masks (numpy arrays or tensors) and zeroes the masked weights, so that stored
         weights carry the mask."""
-        for weight, mask_variable, mask in zip(self.pruned_weights, self.masks, masks):
+        dense_weights = self.dense_weights or [None] * len(self.pruned_weights)
+        for weight, mask_variable, mask, dense in zip(self.pruned_weights, self.masks, masks, dense_weights):
+            if dense is not None:
+                # Straight-through criteria keep each pruned weight's value from when it was pruned,
+                # and a weight that comes back starts from it.
+                kept = ops.greater(mask_variable.value, 0)
+                dense.assign(ops.where(kept, weight.value, dense.value))
+                weight.assign(dense.value)
             # A tensor computed on the device stays there (`ops.cast` of numpy copies it over).
             mask_variable.assign(ops.cast(mask, mask_variable.dtype))
             # Multiplied where the weight lives: no round trip of the weight through the host.
@@ -355,17 +371,15 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         return [ops.convert_to_numpy(score.value) for score in self.movement_scores]
 
     def accumulate_movement(self, gradients: Sequence) -> None:
-        """Adds `-gradient * weight` (masked weights) to each pruned weight's movement score.
+        """Adds `-gradient * weight` to each pruned weight's movement score, pruned weights at the
+        value they had when pruned (straight-through).
 
         Args:
-            gradients: per pruned weight, the signed loss gradient summed over this update's
-                calibration batches.
+            gradients: per pruned weight, the signed loss gradient with respect to the masked
+                weight, summed over this update's calibration batches.
         """
-        for score, weight, mask, gradient in zip(
-            self.movement_scores, self.pruned_weights, self.masks, gradients
-        ):
-            masked = ops.multiply(weight.value, ops.cast(mask.value, weight.dtype))
-            score.assign(criteria.movement_step(score.value, masked, ops.cast(gradient, score.dtype)))
+        for score, dense, gradient in zip(self.movement_scores, self.dense_weights, gradients):
+            score.assign(criteria.movement_step(score.value, dense.value, ops.cast(gradient, score.dtype)))
 
     def set_input_observer(self, observer) -> None:
         """Calls `observer(inputs)` on every eager call of the layer, or stops with None.
