@@ -93,24 +93,31 @@ def test_movement_keeps_the_weights_the_loss_pushes_away_from_zero():
     np.testing.assert_allclose(wrappers[0].get_movement_scores()[0], expected, atol=1e-4)
 
 
-def test_movement_sums_its_score_over_mask_updates_and_pruned_weights_add_nothing():
+def test_movement_sums_its_score_over_mask_updates_and_brings_back_a_weight_whose_score_rises():
     kernel = np.array([[1.0], [0.9], [0.5], [0.4]])
-    target = np.array([[1.5], [0.0], [0.5], [0.0]])
-    x, y = _pulled_and_pushed(kernel, target)
+    first_target = np.array([[1.5], [0.0], [0.5], [0.0]])
     model = _dense(kernel, criterion="movement")
     wrappers = mask_updates.collect_wrappers(model)
-    calibration = Calibration(model, [(x, y)], loss="mse")
-    mask_updates.prune_to(wrappers, lambda w: 0.25, calibration)  # scores 1.0, -1.62, 0, -0.32
-    first = -2.0 * (kernel - target) * kernel
-    assert _masks(model)[0][:, 0].tolist() == [1, 0, 1, 1]
+    x, y = _pulled_and_pushed(kernel, first_target)
+    mask_updates.prune_to(wrappers, lambda w: 0.25, Calibration(model, [(x, y)], loss="mse"))
+    first = -2.0 * (kernel - first_target) * kernel  # 1.0, -1.62, 0, -0.32
     np.testing.assert_allclose(wrappers[0].get_movement_scores()[0], first, atol=1e-4)
-    # Training moves the kept weights; the pruned one is zero, so its score stays where it was.
-    moved = np.array([[1.2], [0.0], [0.5], [0.3]])
-    wrappers[0].pruned_weights[0].assign(moved.astype("float32"))
-    mask_updates.prune_to(wrappers, lambda w: 0.5, calibration)
-    second = -2.0 * (moved - target) * moved
+    assert _masks(model)[0][:, 0].tolist() == [1, 0, 1, 1]
+    # Now the loss wants the pruned weight back (straight-through: its gradient is taken at the
+    # masked weight, zero, and multiplies its value when pruned, 0.9).
+    second_target = np.array([[1.5], [3.0], [0.5], [0.0]])
+    x, y = _pulled_and_pushed(kernel, second_target)
+    mask_updates.prune_to(wrappers, lambda w: 0.25, Calibration(model, [(x, y)], loss="mse"))
+    masked = kernel * np.array([[1], [0], [1], [1]])
+    second = -2.0 * (masked - second_target) * kernel  # 1.0, 5.4, 0, -0.32
     np.testing.assert_allclose(wrappers[0].get_movement_scores()[0], first + second, atol=1e-4)
-    assert _masks(model)[0][:, 0].tolist() == [1, 0, 1, 0]  # 0.4's sum (-0.32 - 0.18) is lowest
+    assert _masks(model)[0][:, 0].tolist() == [1, 1, 1, 0]
+    np.testing.assert_allclose(wrappers[0].get_pruned_weight_values()[0], [[1.0], [0.9], [0.5], [0.0]])
+
+
+def test_movement_refuses_regrowth_since_it_brings_weights_back_itself():
+    with pytest.raises(ValueError, match="Criterion 'movement' already brings back pruned weights"):
+        tfsparse.prune_low_magnitude(make_mlp(), criterion="movement", regrowth="set")
 
 
 def test_movement_without_calibration_data_is_refused():
