@@ -1,4 +1,5 @@
-"""Calibration data run through a pruned model: gradients for "taylor", input norms for "wanda".
+"""Calibration data run through a pruned model: gradients for "taylor" and "movement", input norms
+for "wanda".
 
 `UpdatePruningStep(calibration_data=...)` and `prune_oneshot(..., data)` build a `Calibration`, and
 `mask_updates` asks it for what a criterion needs only when masks are recomputed, so training steps

@@ -53,23 +53,31 @@ def taylor(weight: np.ndarray, gradient: np.ndarray) -> np.ndarray:
 
 
 def movement(weight: np.ndarray, accumulated_score: np.ndarray) -> np.ndarray:
-    """Movement score (Sanh et al., 2020): `S = -sum_t dL/dw_t * w_t`, accumulated while pruning.
+    """Movement score (Sanh et al., 2020): `S = -sum_t g_t * w_t`, accumulated while pruning.
 
-    Sanh et al. learn a score per weight whose gradient, with a straight-through estimator, is
-    `-dL/dw * w`, so that over training it sums to `-sum_t g_t * w_t`: positive for weights that
-    training pushes away from zero, negative for weights it pulls toward zero, which are pruned
-    first. Here the sum runs over the calibration batches drawn at each mask update (see
-    `UpdatePruningStep(calibration_data=...)`) rather than over every training step, so that
-    training steps cost what they cost with "magnitude"; the wrapper keeps the running sum
-    (`movement_step` adds each update's term) and saves it with the model. The gradient is taken
-    with respect to the masked weight: weights already pruned are zero and add nothing (they
-    stay pruned). Unlike magnitude, a small weight the loss keeps pushing outward outranks a
-    large one it pulls in; unlike Taylor (`|w| * sum |g|`), the sign of the gradient counts, so
-    noise from batch to batch averages out over the updates.
+    Sanh et al. learn a score per weight, keep the weights of the top scores, and pass the gradient
+    through the top-k selection unchanged (straight-through), so that the loss gradient of a score
+    is `g * w`, with `g` the gradient at the masked weight. Trained by gradient descent from zero,
+    the score is `-sum_t g_t * w_t` up to its learning rate: positive for weights that training
+    pushes away from zero, negative for weights it pulls toward zero, which are pruned first.
+
+    Here the sum runs over the calibration batches drawn at each mask update (see
+    `UpdatePruningStep(calibration_data=...)`) instead of over every training step, so that
+    training steps cost what they cost with "magnitude"; the wrapper keeps the sum
+    (`movement_step` adds each update's terms) and saves it with the model. As in the paper, the
+    straight-through gradient also reaches pruned weights: their scores go on counting, with
+    `w` their value when pruned, and a pruned weight whose score rises above a kept one's comes
+    back with that value at the next mask update (the weights' count stays the schedule's).
+
+    The score is first-order: it says which weights the loss would like smaller, not how much
+    removing them costs. From a model already trained to convergence on the task, the gradient
+    is small and the weights it pulls toward zero are pulled together, so removing many of them
+    at once can cost far more than removing as many small weights (the paper fine-tunes
+    pretrained models for a new task, over many small steps of sparsity).
 
     Args:
-        weight: the weight values now (pruned weights as zeros); the score does not read them
-            beyond what `movement_step` already accumulated.
+        weight: the weight values now (pruned weights as zeros); the score already holds what
+            it needs of them.
         accumulated_score: `-sum g * w` over the calibration batches of every mask update so far,
             this one included, same shape as `weight`.
 

@@ -283,7 +283,7 @@ def prune_to(wrappers: Iterable[PruneLowMagnitude], sparsity_of, calibration=Non
     Wrappers with scope "global" that share a schedule are pruned together with one threshold,
     each keeping at least its `min_density` (`default_min_density` when None). A warning names
     every layer whose weights end up all pruned. `calibration` (a `tfsparse.calibration.Calibration`)
-    measures gradients and input norms for criteria that need them ("taylor", "wanda").
+    measures gradients and input norms for criteria that need them ("taylor", "movement", "wanda").
 
     Example:
 
