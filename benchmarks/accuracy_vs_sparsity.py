@@ -15,8 +15,8 @@ Methods (default: the first eight):
 - global: magnitude with one threshold across layers, default settings (each layer keeps at least
   half the average density);
 - taylor / movement: those criteria with one global threshold (their scores estimate the loss
-  change, comparable across layers); taylor draws 4 batches of training data per mask update;
-  movement counts from the dense weights;
+  change, comparable across layers); both draw 4 batches of training data per mask update, on
+  which movement adds -gradient * weight to each weight's score, pruned weights included;
 - auto: `tfsparse.auto_sparsity(dense, validation, target=s)` (magnitude sensitivity scan, one layer
   at a time, no retraining), then gradual magnitude pruning of each layer to its own sparsity;
 - taylor+distill, auto+distill: the same, every epoch trained with `teacher=dense`
