@@ -15,8 +15,9 @@ Methods (default: the first eight):
 - global: magnitude with one threshold across layers, default settings (each layer keeps at least
   half the average density);
 - taylor / movement: those criteria with one global threshold (their scores estimate the loss
-  change, comparable across layers); both draw 4 batches of training data per mask update, on
-  which movement adds -gradient * weight to each weight's score, pruned weights included;
+  change, comparable across layers); taylor draws 4 batches of training data per mask update;
+  movement, as Sanh et al., recomputes its masks at every step, adding -gradient * weight on one
+  batch of training data to each weight's score, pruned weights included;
 - auto: `tfsparse.auto_sparsity(dense, validation, target=s)` (magnitude sensitivity scan, one layer
   at a time, no retraining), then gradual magnitude pruning of each layer to its own sparsity;
 - taylor+distill, auto+distill: the same, every epoch trained with `teacher=dense`
@@ -129,7 +130,10 @@ METHODS = {
     "magnitude": lambda *a: _gradual(*a),
     "global": lambda *a: _gradual(*a, scope="global"),
     "taylor": lambda *a: _gradual(*a, criterion="taylor", scope="global"),
-    "movement": lambda *a: _gradual(*a, criterion="movement", scope="global"),
+    # Sanh et al. recompute masks at every step; one batch per step sums -g * w as they do.
+    "movement": lambda *a: _gradual(
+        *a, criterion="movement", scope="global", pruning_frequency=1, calibration_batches=1
+    ),
     "auto": lambda *a: _gradual(*a, auto=True),
     "taylor+distill": lambda *a: _gradual(
         *a, criterion="taylor", scope="global", **{**DISTILL, "teacher": a[0]}

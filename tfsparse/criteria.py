@@ -72,8 +72,10 @@ def movement(weight: np.ndarray, accumulated_score: np.ndarray) -> np.ndarray:
     The score is first-order: it says which weights the loss would like smaller, not how much
     removing them costs. From a model already trained to convergence on the task, the gradient
     is small and the weights it pulls toward zero are pulled together, so removing many of them
-    at once can cost far more than removing as many small weights (the paper fine-tunes
-    pretrained models for a new task, over many small steps of sparsity).
+    in one mask update can cost far more than removing as many small weights. Recompute masks
+    often, as the paper does at every step (a schedule's `frequency=1`; one calibration batch
+    per update then sums one batch's `-g * w` per step), so that each update prunes few weights
+    and the training in between shows which of them the loss wants back.
 
     Args:
         weight: the weight values now (pruned weights as zeros); the score already holds what
