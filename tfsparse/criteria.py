@@ -103,7 +103,8 @@ def movement_step(accumulated_score, weight, gradient):
 
     Args:
         accumulated_score: the movement score so far.
-        weight: the (masked) weight values now.
+        weight: the weight values the gradient multiplies (pruned weights at their value when
+            pruned, see `movement`).
         gradient: `sum_b dL_b / dw` over this update's calibration batches, signed.
 
     Returns:

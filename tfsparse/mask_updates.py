@@ -137,7 +137,8 @@ def _accumulate_movement(wrappers: list[PruneLowMagnitude], calibration) -> None
 
 
 def layer_scores(wrapper: PruneLowMagnitude, inputs: list[dict] | None = None) -> list[np.ndarray]:
-    """The scores of a wrapper's pruned weights under its criterion; pruned weights score -inf.
+    """The scores of a wrapper's pruned weights under its criterion; pruned weights score -inf,
+    except under straight-through criteria ("movement"), whose pruned weights may come back.
 
     Example:
 
