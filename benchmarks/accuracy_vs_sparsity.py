@@ -16,7 +16,8 @@ Methods (default: the first eight):
   half the average density);
 - taylor / movement: those criteria with one global threshold (their scores estimate the loss
   change, comparable across layers); taylor draws 4 batches of training data per mask update;
-  movement counts from the dense weights;
+  movement, as Sanh et al., recomputes its masks at every step, adding -gradient * weight on one
+  batch of training data to each weight's score, pruned weights included;
 - auto: `tfsparse.auto_sparsity(dense, validation, target=s)` (magnitude sensitivity scan of the
   validation accuracy, one layer at a time, no retraining), then gradual pruning of each layer to
   its own sparsity with the taylor criterion (4 batches of training data per mask update);
@@ -30,7 +31,7 @@ Methods (default: the first eight):
 Sparsity counts the kernels of every Conv2D and Dense layer (biases are not pruned).
 
     python benchmarks/accuracy_vs_sparsity.py [--quick] [--tasks digits signal noisy] [--no-tfmot]
-        [--methods magnitude auto ...]
+        [--methods magnitude auto ...] [--sparsities 0.9 0.95]
 """
 
 import argparse
@@ -130,7 +131,10 @@ METHODS = {
     "magnitude": lambda *a: _gradual(*a),
     "global": lambda *a: _gradual(*a, scope="global"),
     "taylor": lambda *a: _gradual(*a, criterion="taylor", scope="global"),
-    "movement": lambda *a: _gradual(*a, criterion="movement", scope="global"),
+    # Sanh et al. recompute masks at every step; one batch per step sums -g * w as they do.
+    "movement": lambda *a: _gradual(
+        *a, criterion="movement", scope="global", pruning_frequency=1, calibration_batches=1
+    ),
     "auto": lambda *a: _gradual(*a, auto=True, criterion="taylor"),
     "taylor+distill": lambda *a: _gradual(
         *a, criterion="taylor", scope="global", **{**DISTILL, "teacher": a[0]}
@@ -335,9 +339,16 @@ def main():
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--no-tfmot", action="store_true", help="skip the tf-keras/tfmot reference")
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
+    parser.add_argument(
+        "--sparsities",
+        nargs="+",
+        type=float,
+        help="sparsities to run (default: those of --quick or the full run)",
+    )
     parser.add_argument("--plot", default=os.path.join(os.path.dirname(__file__), "accuracy_vs_sparsity.png"))
     settings = parser.parse_args()
-    settings.sparsities = [0.9, 0.95, 0.98] if settings.quick else [0.5, 0.75, 0.9, 0.95, 0.98]
+    if not settings.sparsities:
+        settings.sparsities = [0.9, 0.95, 0.98] if settings.quick else [0.5, 0.75, 0.9, 0.95, 0.98]
     settings.dense_epochs = 15 if settings.quick else 30
     settings.pruning_epochs = 4 if settings.quick else 8
     settings.finetune_epochs = 4 if settings.quick else 8

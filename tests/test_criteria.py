@@ -68,31 +68,62 @@ def test_taylor_gradients_match_the_analytic_gradient_of_a_linear_model():
     np.testing.assert_allclose(gradient, expected, rtol=1e-4)
 
 
-def test_movement_prunes_weights_moving_toward_zero_first():
+def _pulled_and_pushed(kernel, target, samples=512):
+    """Whitened inputs and targets of the linear model `x @ target`, as one calibration batch."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(samples, kernel.shape[0]))
+    x = (x @ np.linalg.inv(np.linalg.cholesky(x.T @ x / samples)).T).astype("float32")  # x.T x / n = I
+    return x, (x @ target).astype("float32")
+
+
+def test_movement_keeps_the_weights_the_loss_pushes_away_from_zero():
+    # The loss pulls the two large weights toward zero (their target is 0) and pushes the two
+    # small ones outward: -g * w is negative for the first two, positive for the others.
     kernel = np.array([[1.0], [0.9], [0.2], [0.1]])
+    x, y = _pulled_and_pushed(kernel, np.array([[0.0], [0.0], [0.6], [0.5]]))
+    kept = {}
+    for name in ("magnitude", "movement"):
+        model = _dense(kernel, criterion=name)
+        wrappers = mask_updates.collect_wrappers(model)
+        mask_updates.prune_to(wrappers, lambda w: 0.5, Calibration(model, [(x, y)], loss="mse"))
+        kept[name] = _masks(model)[0][:, 0].tolist()
+    assert kept == {"magnitude": [1, 1, 0, 0], "movement": [0, 0, 1, 1]}
+    # With whitened inputs the MSE gradient is 2 (w - target): the score is -2 (w - target) w.
+    expected = -2.0 * (kernel - np.array([[0.0], [0.0], [0.6], [0.5]])) * kernel
+    np.testing.assert_allclose(wrappers[0].get_movement_scores()[0], expected, atol=1e-4)
+
+
+def test_movement_sums_its_score_over_mask_updates_and_brings_back_a_weight_whose_score_rises():
+    kernel = np.array([[1.0], [0.9], [0.5], [0.4]])
+    first_target = np.array([[1.5], [0.0], [0.5], [0.0]])
     model = _dense(kernel, criterion="movement")
     wrappers = mask_updates.collect_wrappers(model)
-    mask_updates.prune_to(wrappers, lambda w: 0.0)  # pruning begins: the reference is taken
-    np.testing.assert_allclose(wrappers[0].get_weight_references()[0], kernel, rtol=1e-6)
-    # Training moves the large weights toward zero and the small ones away from it.
-    wrappers[0].pruned_weights[0].assign(np.array([[0.8], [0.7], [0.3], [0.2]], dtype="float32"))
-    mask_updates.prune_to(wrappers, lambda w: 0.5)
-    assert _masks(model)[0][:, 0].tolist() == [0, 0, 1, 1]
+    x, y = _pulled_and_pushed(kernel, first_target)
+    mask_updates.prune_to(wrappers, lambda w: 0.25, Calibration(model, [(x, y)], loss="mse"))
+    first = -2.0 * (kernel - first_target) * kernel  # 1.0, -1.62, 0, -0.32
+    np.testing.assert_allclose(wrappers[0].get_movement_scores()[0], first, atol=1e-4)
+    assert _masks(model)[0][:, 0].tolist() == [1, 0, 1, 1]
+    # Now the loss wants the pruned weight back (straight-through: its gradient is taken at the
+    # masked weight, zero, and multiplies its value when pruned, 0.9).
+    second_target = np.array([[1.5], [3.0], [0.5], [0.0]])
+    x, y = _pulled_and_pushed(kernel, second_target)
+    mask_updates.prune_to(wrappers, lambda w: 0.25, Calibration(model, [(x, y)], loss="mse"))
+    masked = kernel * np.array([[1], [0], [1], [1]])
+    second = -2.0 * (masked - second_target) * kernel  # 1.0, 5.4, 0, -0.32
+    np.testing.assert_allclose(wrappers[0].get_movement_scores()[0], first + second, atol=1e-4)
+    assert _masks(model)[0][:, 0].tolist() == [1, 1, 1, 0]
+    np.testing.assert_allclose(wrappers[0].get_pruned_weight_values()[0], [[1.0], [0.9], [0.5], [0.0]])
 
 
-def test_movement_before_any_reference_prunes_by_magnitude():
-    model = _dense(np.array([[0.3], [-2.0], [0.1], [1.0]]), criterion="movement")
-    mask_updates.prune_to(mask_updates.collect_wrappers(model), lambda w: 0.5)
-    assert _masks(model)[0][:, 0].tolist() == [0, 1, 0, 1]
+def test_movement_refuses_regrowth_since_it_brings_weights_back_itself():
+    with pytest.raises(ValueError, match="Criterion 'movement' already brings back pruned weights"):
+        tfsparse.prune_low_magnitude(make_mlp(), criterion="movement", regrowth="set")
 
 
-def test_pruned_weights_stay_pruned_under_a_signed_criterion():
-    model = _dense(np.array([[1.0], [0.9], [0.5], [0.4]]), criterion="movement")
-    wrappers = mask_updates.collect_wrappers(model)
-    mask_updates.prune_to(wrappers, lambda w: 0.25)  # prunes 0.4; the reference is taken
-    wrappers[0].pruned_weights[0].assign(np.array([[0.2], [0.9], [0.5], [0.0]], dtype="float32"))
-    mask_updates.prune_to(wrappers, lambda w: 0.5)
-    assert _masks(model)[0][:, 0].tolist() == [0, 1, 1, 0]
+def test_movement_without_calibration_data_is_refused():
+    model = _dense(np.ones((4, 1)), criterion="movement")
+    with pytest.raises(ValueError, match=r"criterion 'movement'.*calibration_data=\(x, y\)"):
+        mask_updates.prune_to(mask_updates.collect_wrappers(model), lambda w: 0.5)
 
 
 def _two_layer_scores(scale_small: float):
@@ -165,15 +196,18 @@ def test_data_criteria_without_calibration_data_are_refused_at_train_begin(tabul
         pruned.fit(x, y, epochs=1, verbose=0, callbacks=[tfsparse.UpdatePruningStep()])
 
 
-def test_criterion_state_and_settings_survive_a_saved_model(tmp_path):
+def test_criterion_state_and_settings_survive_a_saved_model(tmp_path, tabular):
+    x, y = tabular
     pruned = tfsparse.prune_low_magnitude(make_mlp(), criterion="movement", scope="global", min_density=0.1)
     wrappers = mask_updates.collect_wrappers(pruned)
-    mask_updates.prune_to(wrappers, lambda w: 0.5)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    mask_updates.prune_to(wrappers, lambda w: 0.5, Calibration(pruned, (x, y), loss=loss))
     pruned.save(tmp_path / "movement.keras")
     loaded = mask_updates.collect_wrappers(keras.saving.load_model(tmp_path / "movement.keras"))
     assert [(w.criterion, w.scope, w.min_density) for w in loaded] == [("movement", "global", 0.1)] * 3
     for before, after in zip(wrappers, loaded):
-        np.testing.assert_array_equal(before.get_weight_references()[0], after.get_weight_references()[0])
+        assert np.count_nonzero(before.get_movement_scores()[0]) > 0
+        np.testing.assert_array_equal(before.get_movement_scores()[0], after.get_movement_scores()[0])
 
 
 def test_input_norms_are_the_l2_norms_of_each_input_feature_and_channel():
@@ -189,14 +223,12 @@ def test_input_norms_are_the_l2_norms_of_each_input_feature_and_channel():
     assert norms[id(wrappers[1])].shape == (32,)
 
 
-@pytest.mark.parametrize("name, expected_calls", [("magnitude", 0), ("taylor", 3)])
+@pytest.mark.parametrize("name, expected_calls", [("magnitude", 0), ("taylor", 3), ("movement", 3)])
 def test_gradients_are_computed_only_at_mask_updates(name, expected_calls, tabular, monkeypatch):
     x, y = tabular
     calls = []
-    original = _gradients.gradient_magnitudes
-    monkeypatch.setattr(
-        _gradients, "gradient_magnitudes", lambda *a, **k: calls.append(1) or original(*a, **k)
-    )
+    original = _gradients._summed
+    monkeypatch.setattr(_gradients, "_summed", lambda *a, **k: calls.append(1) or original(*a, **k))
     pruned = tfsparse.prune_low_magnitude(
         make_mlp(), pruning_schedule=tfsparse.PolynomialDecay(0.0, 0.5, 0, 16, frequency=8), criterion=name
     )
@@ -209,7 +241,7 @@ def test_gradients_are_computed_only_at_mask_updates(name, expected_calls, tabul
 
 
 def test_movement_masks_differ_from_magnitude_when_pruning_begins_after_training_starts(tabular):
-    # The first mask update comes at step 10: movement must count the ten steps before it.
+    # The only mask update comes at step 10: movement scores -g * w there, not |w|.
     x, y = tabular
     masks = {}
     for name in ("magnitude", "movement"):
@@ -222,7 +254,13 @@ def test_movement_masks_differ_from_magnitude_when_pruning_begins_after_training
             keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         )
         pruned.fit(
-            x, y, epochs=1, batch_size=16, verbose=0, shuffle=False, callbacks=[tfsparse.UpdatePruningStep()]
+            x,
+            y,
+            epochs=1,
+            batch_size=16,
+            verbose=0,
+            shuffle=False,
+            callbacks=[tfsparse.UpdatePruningStep(calibration_data=(x, y))],
         )
         masks[name] = _masks(pruned)
     for magnitude, movement in zip(masks["magnitude"], masks["movement"]):

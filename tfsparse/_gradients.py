@@ -83,6 +83,36 @@ def gradient_magnitudes(
     gradient_magnitudes(model, [model.layers[-1].kernel], [(x[:32], y[:32])], loss_fn)
     ```
     """
+    return _summed(model, variables, batches, loss_fn, absolute=True)
+
+
+def gradient_sums(
+    model: keras.Model,
+    variables: Sequence[keras.Variable],
+    batches: Iterable[tuple],
+    loss_fn: Callable,
+) -> list[np.ndarray]:
+    """`sum_b dL_b / dv` over `batches` for each of `variables` (signed), as numpy arrays.
+
+    Args:
+        model: the model whose loss is differentiated.
+        variables: variables of `model` (a variable the loss does not reach gets zeros).
+        batches: `(x, y)` pairs.
+        loss_fn: `loss_fn(y_true, y_pred)`, per sample or already averaged.
+
+    Returns:
+        One array per variable, of its shape.
+
+    Example:
+
+    ```python
+    gradient_sums(model, [model.layers[-1].kernel], [(x[:32], y[:32])], loss_fn)
+    ```
+    """
+    return _summed(model, variables, batches, loss_fn, absolute=False)
+
+
+def _summed(model, variables, batches, loss_fn, absolute: bool) -> list[np.ndarray]:
     backend = keras.backend.backend()
     if backend not in _BACKENDS:
         raise ValueError(
@@ -95,5 +125,6 @@ def gradient_magnitudes(
         y = keras.tree.map_structure(ops.convert_to_tensor, y)
         for total, gradient in zip(totals, compute(model, list(variables), x, y, loss_fn)):
             if gradient is not None:
-                total += np.abs(ops.convert_to_numpy(gradient).astype(np.float64))
+                gradient = ops.convert_to_numpy(gradient).astype(np.float64)
+                total += np.abs(gradient) if absolute else gradient
     return [total.astype(np.float32) for total in totals]

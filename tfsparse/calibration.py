@@ -1,4 +1,5 @@
-"""Calibration data run through a pruned model: gradients for "taylor", input norms for "wanda".
+"""Calibration data run through a pruned model: gradients for "taylor" and "movement", input norms
+for "wanda".
 
 `UpdatePruningStep(calibration_data=...)` and `prune_oneshot(..., data)` build a `Calibration`, and
 `mask_updates` asks it for what a criterion needs only when masks are recomputed, so training steps
@@ -175,13 +176,22 @@ class Calibration:
 
     def gradient_magnitudes(self, variables) -> list[np.ndarray]:
         """`sum_b |dL_b / dv|` over a draw of batches, for each of `variables`."""
+        batches = self._labelled_draw()
+        loss_fn = resolve_loss(self.model, self.loss)
+        return _gradients.gradient_magnitudes(self.model, variables, batches, loss_fn)
+
+    def _labelled_draw(self) -> list[tuple]:
         batches = self._draw()
         if any(y is None for _, y in batches):
             raise ValueError(
                 "Gradient-based criteria need labels: pass `calibration_data=(x, y)`. Received data without targets."
             )
-        loss_fn = resolve_loss(self.model, self.loss)
-        return _gradients.gradient_magnitudes(self.model, variables, batches, loss_fn)
+        return batches
+
+    def gradient_sums(self, variables) -> list[np.ndarray]:
+        """`sum_b dL_b / dv` (signed) over a draw of batches, for each of `variables`."""
+        batches = self._labelled_draw()
+        return _gradients.gradient_sums(self.model, variables, batches, resolve_loss(self.model, self.loss))
 
     def input_norms(self, wrappers) -> dict[int, np.ndarray]:
         """The L2 norm of each input feature (last axis, or the channel axis) of every wrapper, by id.

@@ -18,15 +18,16 @@ class UpdatePruningStep(keras.callbacks.Callback):
     Required when fitting a model made by `prune_low_magnitude`. The step is kept in each layer
     (and saved with the model), so a model loaded from a checkpoint continues its schedule.
 
-    Criteria that score weights on data ("taylor": gradients, "wanda": input norms) take them from
-    `calibration_data`, measured only when masks are recomputed: at each mask update a few random
-    batches are drawn (pass the training arrays to score on recent training data), so the
-    training steps themselves cost the same as with "magnitude".
+    Criteria that score weights on data ("taylor": gradients, "movement": signed gradients summed
+    into its score, "wanda": input norms) take them from `calibration_data`, measured only when
+    masks are recomputed: at each mask update a few random batches are drawn (pass the training
+    arrays to score on recent training data), so the training steps themselves cost the same as
+    with "magnitude".
 
     Args:
         calibration_data: `(x, y)` arrays or an iterable of `(x, y)` batches, for criteria
-            "taylor" and "wanda" (x alone suffices for "wanda") and for `regrowth="rigl"`;
-            None otherwise.
+            "taylor", "movement" and "wanda" (x alone suffices for "wanda") and for
+            `regrowth="rigl"`; None otherwise.
         calibration_batches: batches drawn per mask update.
         batch_size: size of the batches drawn from arrays.
         loss: the loss for gradients; defaults to the model's compiled loss.

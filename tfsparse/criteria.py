@@ -3,8 +3,9 @@
 A criterion is a pure numpy function of a weight and, for some criteria, of inputs measured
 elsewhere: `gradient` (|gradient| summed over calibration batches, see `tfsparse.calibration`),
 `input_norm` (the L2 norm of each input feature of the layer, also from calibration data) or
-`reference` (the weight when the layer was wrapped for pruning, kept by the wrapper). `mask_updates` gathers
-the inputs each criterion declares and turns the scores into masks.
+`accumulated_score` (movement's `-sum g * w` over the calibration batches of every mask update so
+far, kept by the wrapper). `mask_updates` gathers the inputs each criterion declares and turns the
+scores into masks.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import types
 from collections.abc import Callable
 
 import numpy as np
+from keras import ops
 
 
 def magnitude(weight: np.ndarray) -> np.ndarray:
@@ -50,19 +52,36 @@ def taylor(weight: np.ndarray, gradient: np.ndarray) -> np.ndarray:
     return np.abs(weight) * gradient
 
 
-def movement(weight: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Movement score: how far a weight moved away from zero since `reference` was taken.
+def movement(weight: np.ndarray, accumulated_score: np.ndarray) -> np.ndarray:
+    """Movement score (Sanh et al., 2020): `S = -sum_t g_t * w_t`, accumulated while pruning.
 
-    Movement pruning (Sanh et al., 2020) scores a weight by `-sum_t g_t * w_t` over training; for
-    small steps that sum is proportional to `(w**2 - w_ref**2) / 2`, which is what this returns.
-    Weights moving toward zero score below zero and are pruned first, whatever their size. The
-    reference is the weight when the layer was wrapped for pruning, so movement counts from before
-    the first mask update whatever the schedule's `begin_step`. When no weight has moved yet (masks
-    computed before any training step) the score is `w**2 / 2`: magnitude order.
+    Sanh et al. learn a score per weight, keep the weights of the top scores, and pass the gradient
+    through the top-k selection unchanged (straight-through), so that the loss gradient of a score
+    is `g * w`, with `g` the gradient at the masked weight. Trained by gradient descent from zero,
+    the score is `-sum_t g_t * w_t` up to its learning rate: positive for weights that training
+    pushes away from zero, negative for weights it pulls toward zero, which are pruned first.
+
+    Here the sum runs over the calibration batches drawn at each mask update (see
+    `UpdatePruningStep(calibration_data=...)`) instead of over every training step, so that
+    training steps cost what they cost with "magnitude"; the wrapper keeps the sum
+    (`movement_step` adds each update's terms) and saves it with the model. As in the paper, the
+    straight-through gradient also reaches pruned weights: their scores go on counting, with
+    `w` their value when pruned, and a pruned weight whose score rises above a kept one's comes
+    back with that value at the next mask update (the weights' count stays the schedule's).
+
+    The score is first-order: it says which weights the loss would like smaller, not how much
+    removing them costs. From a model already trained to convergence on the task, the gradient
+    is small and the weights it pulls toward zero are pulled together, so removing many of them
+    in one mask update can cost far more than removing as many small weights. Recompute masks
+    often, as the paper does at every step (a schedule's `frequency=1`; one calibration batch
+    per update then sums one batch's `-g * w` per step), so that each update prunes few weights
+    and the training in between shows which of them the loss wants back.
 
     Args:
-        weight: the weight values now (pruned weights as zeros).
-        reference: the weight values when the layer was wrapped for pruning.
+        weight: the weight values now (pruned weights as zeros); the score already holds what
+            it needs of them.
+        accumulated_score: `-sum g * w` over the calibration batches of every mask update so far,
+            this one included, same shape as `weight`.
 
     Returns:
         Signed scores, same shape as `weight`.
@@ -70,16 +89,34 @@ def movement(weight: np.ndarray, reference: np.ndarray) -> np.ndarray:
     Example:
 
     ```python
-    movement(np.array([0.5, 0.2]), reference=np.array([0.9, 0.1]))  # array([-0.28 ,  0.015])
-    movement(np.array([0.5, 0.2]), reference=np.array([0.5, 0.2]))  # array([0.125, 0.02 ])
+    score = movement_step(np.zeros(2), np.array([0.5, -0.2]), gradient=np.array([0.4, 0.1]))
+    movement(np.array([0.5, -0.2]), accumulated_score=score)  # array([-0.2 ,  0.02])
     ```
     """
-    moved = 0.5 * (np.square(weight) - np.square(reference))
-    # Weights already pruned read as zeros and always differ from their reference; only the
-    # others tell whether training has moved anything yet.
-    if not np.any(moved[weight != 0]):
-        return 0.5 * np.square(weight)
-    return moved
+    return np.asarray(accumulated_score, dtype=np.float32)
+
+
+def movement_step(accumulated_score, weight, gradient):
+    """One mask update's term of the movement score: `accumulated_score - gradient * weight`.
+
+    Computed with `keras.ops` where the tensors live (any backend); numpy arrays work too.
+
+    Args:
+        accumulated_score: the movement score so far.
+        weight: the weight values the gradient multiplies (pruned weights at their value when
+            pruned, see `movement`).
+        gradient: `sum_b dL_b / dw` over this update's calibration batches, signed.
+
+    Returns:
+        The new score, a tensor of the same shape.
+
+    Example:
+
+    ```python
+    movement_step(np.zeros(2), np.array([0.5, -0.2]), np.array([0.4, 0.1]))  # [-0.2, 0.02]
+    ```
+    """
+    return ops.subtract(accumulated_score, ops.multiply(gradient, weight))
 
 
 def wanda(weight: np.ndarray, input_norm: np.ndarray | None = None) -> np.ndarray:
@@ -142,14 +179,17 @@ class Criterion:
     Attributes:
         name: the name users pass as `criterion=`.
         score: `score(weight, **inputs) -> scores`.
-        inputs: the keyword inputs `score` takes: "gradient", "input_norm", "reference".
+        inputs: the keyword inputs `score` takes: "gradient", "input_norm", "accumulated_score".
         signed: whether scores can be negative (LAMP normalization needs non-negative scores).
+        straight_through: whether pruned weights keep their scores and come back when those rise
+            above a kept weight's; otherwise a pruned weight stays pruned.
     """
 
     name: str
     score: Callable[..., np.ndarray]
     inputs: tuple[str, ...] = ()
     signed: bool = False
+    straight_through: bool = False
 
     def __call__(self, weight: np.ndarray, **inputs) -> np.ndarray:
         return self.score(weight, **inputs)
@@ -157,14 +197,16 @@ class Criterion:
     @property
     def needs_calibration(self) -> bool:
         """Whether the scores need data run through the model (gradients or input norms)."""
-        return bool({"gradient", "input_norm"} & set(self.inputs))
+        return bool({"gradient", "input_norm", "accumulated_score"} & set(self.inputs))
 
 
 _CRITERIA = types.MappingProxyType(
     {
         "magnitude": Criterion("magnitude", magnitude),
         "taylor": Criterion("taylor", taylor, inputs=("gradient",)),
-        "movement": Criterion("movement", movement, inputs=("reference",), signed=True),
+        "movement": Criterion(
+            "movement", movement, inputs=("accumulated_score",), signed=True, straight_through=True
+        ),
         "wanda": Criterion("wanda", wanda, inputs=("input_norm",)),
     }
 )

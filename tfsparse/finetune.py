@@ -170,7 +170,7 @@ def prune_and_finetune(
 
     1. Prune and retrain: `PolynomialDecay(0, sparsity)` over `pruning_epochs`, compiled like
        `model` (same optimizer settings, loss and metrics). Criteria that need data ("taylor",
-       "wanda") draw calibration batches from `(x, y)`.
+       "movement", "wanda") draw calibration batches from `(x, y)`.
     2. Fine-tune: `finetune` for `finetune_epochs`, the learning rate rewound to its start and
        decayed along a cosine to zero.
 
@@ -184,7 +184,7 @@ def prune_and_finetune(
         batch_size: training batch size.
         pruning_frequency: steps between mask updates; defaults to 1/20 of the pruning steps.
         learning_rate: the fine-tuning learning rate to start from; defaults to the model's.
-        calibration_batches: batches drawn per mask update for "taylor" and "wanda".
+        calibration_batches: batches drawn per mask update for "taylor", "movement" and "wanda".
         strip: return the plain model (`strip_pruning`) instead of the pruned one.
         fit_kwargs: further `fit` arguments for both phases (`verbose`, `validation_data`, ...).
         teacher: a model to distill from in both phases (e.g. `model` itself), or None.

@@ -210,11 +210,11 @@ def replace_with_pairs(
     """Model surgery: each layer named in `pairs` becomes two layers in a row, the second keeping
     its name; every other layer keeps its config and weights.
 
-    Edits the functional config (STYLE rule 13: edit configs, rebuild with `from_config`, set
-    weights by layer name). This belongs with tfsparse/structured/surgery.py once both exist.
+    Edits the functional config and rebuilds it with `tfsparse.structured.surgery` (STYLE rule 13:
+    edit configs, rebuild with `from_config`, set weights by layer name).
 
     Args:
-        model: a Sequential or functional model whose layers are each called once.
+        model: a functional model whose layers are each called once.
         pairs: layer name -> (first layer entry, second layer entry), entries as in a functional
             config ("module", "class_name", "config"); the first's config names it.
         weights: layer name -> weights, for the new layers (by their names).
@@ -228,30 +228,31 @@ def replace_with_pairs(
     rebuilt = replace_with_pairs(model, {"dense": (first, second)}, {"dense_lowrank": [a], "dense": [b, bias]})
     ```
     """
-    config = copy.deepcopy(model.get_config())
+    from tfsparse.structured import surgery
+
+    config = surgery.model_config(model)
     layers = []
-    for entry in config["layers"]:
-        if entry["name"] not in pairs:
+    for entry in config["config"]["layers"]:
+        name = entry["config"]["name"]
+        if name not in pairs:
             layers.append(entry)
             continue
-        first, second = (copy.deepcopy(part) for part in pairs[entry["name"]])
+        first, second = (copy.deepcopy(part) for part in pairs[name])
         first_name = first["config"]["name"]
         first.update(name=first_name, inbound_nodes=entry["inbound_nodes"])
-        shape = list(model.get_layer(entry["name"]).output.shape)
         tensor = {
             "class_name": "__keras_tensor__",
-            "config": {"shape": shape, "dtype": "float32", "keras_history": [first_name, 0, 0]},
+            "config": {
+                "shape": list(model.get_layer(name).output.shape),
+                "dtype": "float32",
+                "keras_history": [first_name, 0, 0],
+            },
         }
-        second.update(name=entry["name"], inbound_nodes=[{"args": [tensor], "kwargs": {}}])
+        second.update(name=name, inbound_nodes=[{"args": [tensor], "kwargs": {}}])
         layers += [first, second]
-    config["layers"] = layers
-    rebuilt = keras.Model.from_config(config)
-    for layer in rebuilt.layers:
-        if layer.name in weights:
-            layer.set_weights(weights[layer.name])
-        elif layer.weights:
-            layer.set_weights(model.get_layer(layer.name).get_weights())
-    return rebuilt
+    config["config"]["layers"] = layers
+    values = surgery.layer_weights(model) | dict(weights)
+    return surgery.rebuild(config, values, surgery.custom_objects(model))
 
 
 def _check(model, rank, energy, layers) -> None:

@@ -2,7 +2,7 @@
 
 This is the host-side step that `UpdatePruningStep` runs when a schedule says to prune, and that
 one-shot pruning runs once. It reads the weights and whatever else each wrapper's criterion needs
-(gradients or input norms measured on calibration data, reference weights kept by the wrapper),
+(gradients or input norms measured on calibration data, movement scores kept by the wrapper),
 scores them, turns scores into masks per layer or with one global threshold (optionally on LAMP-
 normalized scores, with a minimum density per layer), and writes masks and masked weights back.
 """
@@ -94,6 +94,7 @@ def criterion_inputs(wrappers: list[PruneLowMagnitude], calibration) -> dict[int
         )
     gradient_weights = [v for w in wrappers if "gradient" in needs[id(w)] for v in w.pruned_weights]
     gradients = iter(calibration.gradient_magnitudes(gradient_weights) if gradient_weights else ())
+    _accumulate_movement([w for w in wrappers if "accumulated_score" in needs[id(w)]], calibration)
     norm_wrappers = [w for w in wrappers if "input_norm" in needs[id(w)]]
     norms = calibration.input_norms(norm_wrappers) if norm_wrappers else {}
     inputs = {}
@@ -105,15 +106,39 @@ def criterion_inputs(wrappers: list[PruneLowMagnitude], calibration) -> dict[int
         if "input_norm" in needs[id(wrapper)]:
             for weight_inputs, norm in zip(per_weight, _input_norm_for(wrapper, norms.get(id(wrapper)))):
                 weight_inputs["input_norm"] = norm
-        if "reference" in needs[id(wrapper)]:
-            for weight_inputs, reference in zip(per_weight, wrapper.get_weight_references()):
-                weight_inputs["reference"] = reference
+        if "accumulated_score" in needs[id(wrapper)]:
+            for weight_inputs, score in zip(per_weight, wrapper.get_movement_scores()):
+                weight_inputs["accumulated_score"] = score
         inputs[id(wrapper)] = per_weight
     return inputs
 
 
+def _accumulate_movement(wrappers: list[PruneLowMagnitude], calibration) -> None:
+    # Straight-through (Sanh et al.): the gradient with respect to the masked weight, pruned
+    # positions included. The stored weights are made exactly the masked ones (momentum may have
+    # moved pruned ones), so with every mask at one the model computes the same outputs while the
+    # gradient reaches every position.
+    if not wrappers:
+        return
+    saved = []
+    for wrapper in wrappers:
+        wrapper.set_masks([mask.value for mask in wrapper.masks])
+        saved.append([ops.copy(mask.value) for mask in wrapper.masks])
+        for mask in wrapper.masks:
+            mask.assign(ops.ones_like(mask.value))
+    try:
+        sums = iter(calibration.gradient_sums([v for w in wrappers for v in w.pruned_weights]))
+    finally:
+        for wrapper, masks in zip(wrappers, saved):
+            for mask, value in zip(wrapper.masks, masks):
+                mask.assign(value)
+    for wrapper in wrappers:
+        wrapper.accumulate_movement([next(sums) for _ in wrapper.pruned_weights])
+
+
 def layer_scores(wrapper: PruneLowMagnitude, inputs: list[dict] | None = None) -> list[np.ndarray]:
-    """The scores of a wrapper's pruned weights under its criterion; pruned weights score -inf.
+    """The scores of a wrapper's pruned weights under its criterion; pruned weights score -inf,
+    except under straight-through criteria ("movement"), whose pruned weights may come back.
 
     Example:
 
@@ -126,8 +151,11 @@ def layer_scores(wrapper: PruneLowMagnitude, inputs: list[dict] | None = None) -
     scores = []
     for value, mask, weight_inputs in zip(wrapper.get_pruned_weight_values(), wrapper.get_masks(), inputs):
         # Weights already pruned score from their masked value and below every kept weight, so a
-        # pruned weight stays pruned whatever the criterion (signed ones included).
-        weight_scores = np.where(mask > 0, score(value * mask, **weight_inputs), -np.inf)
+        # pruned weight stays pruned whatever the criterion (signed ones included), except under
+        # straight-through criteria, whose scores keep counting for pruned weights.
+        weight_scores = score(value * mask, **weight_inputs)
+        if not score.straight_through:
+            weight_scores = np.where(mask > 0, weight_scores, -np.inf)
         _refuse_nan_scores(wrapper, len(scores), np.where(mask > 0, value, 0.0), weight_scores)
         if wrapper.score_normalization == "lamp":
             weight_scores = criteria.lamp(weight_scores)
@@ -160,9 +188,7 @@ def _refuse_nan_scores(wrapper: PruneLowMagnitude, index: int, value: np.ndarray
 # is faster. The other criteria need host data (calibration) anyway.
 _DEVICE_SCORES = {
     "magnitude": lambda weight, variables: ops.abs(weight),
-    "movement": lambda weight, variables: (
-        0.5 * (ops.square(weight) - ops.square(variables["reference"].value))
-    ),
+    "movement": lambda weight, variables: variables["accumulated_score"].value,
 }
 
 
@@ -176,12 +202,15 @@ def _scored_on_device(wrapper: PruneLowMagnitude) -> bool:
 
 def _device_scores(wrapper: PruneLowMagnitude) -> list:
     score = _DEVICE_SCORES[wrapper.criterion]
-    references = wrapper.weight_references or [None] * len(wrapper.pruned_weights)
+    accumulated = wrapper.movement_scores or [None] * len(wrapper.pruned_weights)
     scores = []
-    for weight, mask, reference in zip(wrapper.pruned_weights, wrapper.masks, references):
+    for weight, mask, accumulated_score in zip(wrapper.pruned_weights, wrapper.masks, accumulated):
         kept = ops.greater(mask.value, 0)
-        weight_scores = score(weight.value * ops.cast(mask.value, weight.dtype), {"reference": reference})
-        weight_scores = ops.where(kept, weight_scores, ops.cast(float("-inf"), weight_scores.dtype))
+        weight_scores = score(
+            weight.value * ops.cast(mask.value, weight.dtype), {"accumulated_score": accumulated_score}
+        )
+        if not criteria.get(wrapper.criterion).straight_through:
+            weight_scores = ops.where(kept, weight_scores, ops.cast(float("-inf"), weight_scores.dtype))
         nans = device_masking.count_nan(weight_scores)
         if nans:
             raise ValueError(
@@ -200,14 +229,6 @@ def _device_layer_masks(wrapper: PruneLowMagnitude, scores: list, sparsity: floa
     return [
         device_masking.block_mask(s, sparsity, wrapper.block_size, wrapper.block_pooling_type) for s in scores
     ]
-
-
-def _record_references(wrapper: PruneLowMagnitude) -> None:
-    # Wrappers take their reference when built; models saved before they did carry zeros, and
-    # count movement from their first mask update instead.
-    references = wrapper.get_weight_references()
-    if references and not any(np.any(r) for r in references):
-        wrapper.set_weight_references(wrapper.get_pruned_weight_values())
 
 
 def default_min_density(sparsity: float) -> float:
@@ -263,7 +284,7 @@ def prune_to(wrappers: Iterable[PruneLowMagnitude], sparsity_of, calibration=Non
     Wrappers with scope "global" that share a schedule are pruned together with one threshold,
     each keeping at least its `min_density` (`default_min_density` when None). A warning names
     every layer whose weights end up all pruned. `calibration` (a `tfsparse.calibration.Calibration`)
-    measures gradients and input norms for criteria that need them ("taylor", "wanda").
+    measures gradients and input norms for criteria that need them ("taylor", "movement", "wanda").
 
     Example:
 
@@ -310,8 +331,6 @@ def prune_to(wrappers: Iterable[PruneLowMagnitude], sparsity_of, calibration=Non
         for (wrapper, _), per_wrapper in zip(group, scores):
             wrapper.set_masks([next(masks) for _ in per_wrapper])
     _warn_about_emptied([wrapper for wrapper, _ in due])
-    for wrapper, _ in due:
-        _record_references(wrapper)
 
 
 def _regrowing(due: list[tuple[PruneLowMagnitude, float]]) -> set[int]:

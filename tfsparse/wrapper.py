@@ -114,9 +114,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         sparsity_m_by_n: `(m, n)` keeps the `m` largest of every `n` consecutive weights along the
             input dimension (2:4 for sparse tensor cores); the schedule then only says when.
         criterion: how weights are scored: a name from `tfsparse.criteria`: "magnitude",
-            "taylor" (|w * gradient|), "movement" (weights moving toward zero go first) or
-            "wanda" (|w| * input norm). "taylor" and "wanda" need
-            `UpdatePruningStep(calibration_data=...)`.
+            "taylor" (|w * gradient|), "movement" (-sum of gradient * w over the mask updates:
+            weights the loss pulls toward zero go first) or "wanda" (|w| * input norm). All but
+            "magnitude" need `UpdatePruningStep(calibration_data=...)`.
         scope: "layer" (each layer reaches the sparsity) or "global" (one threshold across all
             layers pruned with scope "global" and the same schedule).
         regularizer: a `tfsparse.regularizers` penalty on the pruned weights, added to the
@@ -202,6 +202,11 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         if min_density is not None and not 0.0 <= min_density <= 1.0:
             raise ValueError(f"Argument `min_density` must be in [0, 1]. Received: min_density={min_density}")
         regrowth = _check_regrowth(regrowth, block_size, sparsity_m_by_n)
+        if regrowth is not None and scorer.straight_through:
+            raise ValueError(
+                f"Criterion {criterion!r} already brings back pruned weights whose score rises; it "
+                f"cannot be combined with `regrowth`. Received: regrowth={regrowth!r}"
+            )
         kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
         kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **kwargs)
@@ -227,13 +232,15 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         super().build(input_shape)
         self.pruned_weights = registry.prunable_weights(self.layer)
         self.masks = self._companions("mask", "ones", self.pruned_weights)
-        # Criteria that score change (movement) keep the weights as they were when pruning began.
-        needs_reference = "reference" in criteria.get(self.criterion).inputs
-        self.weight_references = self._companions(
-            "reference", "zeros", self.pruned_weights if needs_reference else ()
+        # Movement sums -gradient * weight over mask updates, pruned weights included (straight-
+        # through): the sum and the pruned weights' values are state, saved with the model.
+        accumulates = "accumulated_score" in criteria.get(self.criterion).inputs
+        self.movement_scores = self._companions(
+            "movement_score", "zeros", self.pruned_weights if accumulates else ()
         )
-        for reference, weight in zip(self.weight_references, self.pruned_weights):
-            reference.assign(ops.copy(weight.value))  # movement counts from the weights as wrapped
+        self.dense_weights = self._companions("dense", "zeros", self.pruned_weights if accumulates else ())
+        for dense, weight in zip(self.dense_weights, self.pruned_weights):
+            dense.assign(ops.copy(weight.value))
         self.pruning_step = self.add_weight(
             name="pruning_step",
             shape=(),
@@ -346,20 +353,33 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def set_masks(self, masks: Sequence) -> None:
         """Sets the masks (numpy arrays or tensors) and zeroes the masked weights, so that stored
         weights carry the mask."""
-        for weight, mask_variable, mask in zip(self.pruned_weights, self.masks, masks):
+        dense_weights = self.dense_weights or [None] * len(self.pruned_weights)
+        for weight, mask_variable, mask, dense in zip(self.pruned_weights, self.masks, masks, dense_weights):
+            if dense is not None:
+                # Straight-through criteria keep each pruned weight's value from when it was pruned,
+                # and a weight that comes back starts from it.
+                kept = ops.greater(mask_variable.value, 0)
+                dense.assign(ops.where(kept, weight.value, dense.value))
+                weight.assign(dense.value)
             # A tensor computed on the device stays there (`ops.cast` of numpy copies it over).
             mask_variable.assign(ops.cast(mask, mask_variable.dtype))
             # Multiplied where the weight lives: no round trip of the weight through the host.
             weight.assign(ops.multiply(weight.value, ops.cast(mask_variable.value, weight.dtype)))
 
-    def get_weight_references(self) -> list[np.ndarray]:
-        """The weights as they were when pruning began (criteria that score change); zeros before."""
-        return [ops.convert_to_numpy(r.value) for r in self.weight_references]
+    def get_movement_scores(self) -> list[np.ndarray]:
+        """Criterion "movement"'s score per pruned weight: `-sum g * w` over the mask updates so far."""
+        return [ops.convert_to_numpy(score.value) for score in self.movement_scores]
 
-    def set_weight_references(self, references: Sequence[np.ndarray]) -> None:
-        """Records the reference weights that criteria such as "movement" measure change from."""
-        for variable, value in zip(self.weight_references, references):
-            variable.assign(np.asarray(value).astype(variable.dtype))
+    def accumulate_movement(self, gradients: Sequence) -> None:
+        """Adds `-gradient * weight` to each pruned weight's movement score, pruned weights at the
+        value they had when pruned (straight-through).
+
+        Args:
+            gradients: per pruned weight, the signed loss gradient with respect to the masked
+                weight, summed over this update's calibration batches.
+        """
+        for score, dense, gradient in zip(self.movement_scores, self.dense_weights, gradients):
+            score.assign(criteria.movement_step(score.value, dense.value, ops.cast(gradient, score.dtype)))
 
     def set_input_observer(self, observer) -> None:
         """Calls `observer(inputs)` on every eager call of the layer, or stops with None.
