@@ -8,7 +8,7 @@ gradual pruning (PolynomialDecay from 0, Adam at the dense learning rate), then 
 at fixed masks with the learning rate decayed along a cosine (`tfsparse.prune_and_finetune`; the
 tfmot run does the same with tf-keras). A fifth of the training data is held out as a validation
 split (no method trains on it); auto-sparsity chooses on it, and every row reports on the test split.
-Methods (default: the first eight):
+Methods (default: the first nine):
 
 - tfmot: tfmot 0.8.1 `prune_low_magnitude` with `PolynomialDecay`, on tf-keras (own process);
 - magnitude: tfsparse, same criterion and layer-wise scope as tfmot;
@@ -23,6 +23,7 @@ Methods (default: the first eight):
   its own sparsity with the taylor criterion (4 batches of training data per mask update);
 - taylor+distill, auto+distill: the same, every epoch trained with `teacher=dense`
   (`tfsparse.Distiller`, temperature 2, alpha 0.5);
+- auto (movement): the same per-layer sparsities, each layer pruned with movement as in its row;
 - global+lamp, l1+threshold, wanda (one-shot) with `--methods`: LAMP-normalized global magnitude; a
   ramped L1 penalty then `prune_by_threshold`; `prune_oneshot` (sequential Wanda) on 512 inputs.
 - static / rigl / set (scratch), with `--methods`: sparse training from a fresh model with as many steps as the
@@ -140,11 +141,14 @@ METHODS = {
         *a, criterion="taylor", scope="global", **{**DISTILL, "teacher": a[0]}
     ),
     "auto+distill": lambda *a: _gradual(*a, auto=True, criterion="taylor", **{**DISTILL, "teacher": a[0]}),
+    "auto (movement)": lambda *a: _gradual(
+        *a, auto=True, criterion="movement", pruning_frequency=1, calibration_batches=1
+    ),
     "global+lamp": lambda *a: _gradual(*a, scope="global", score_normalization="lamp"),
     "l1+threshold": _l1_then_threshold,
     "wanda (one-shot)": _wanda_oneshot,
 }
-DEFAULT_METHODS = list(METHODS)[:7]
+DEFAULT_METHODS = list(METHODS)[:8]
 
 
 # --- Sparse training from scratch (issue 17): static masks, RigL and SET --------------------------
@@ -263,7 +267,7 @@ def print_table(task, dense_accuracy, results, sparsities):
 
 
 SINGLE_CRITERIA = ("magnitude", "global", "taylor", "movement")
-NEW_METHODS = ("auto", "taylor+distill", "auto+distill")
+NEW_METHODS = ("auto", "taylor+distill", "auto+distill", "auto (movement)")
 
 
 def print_targets(all_results):
