@@ -315,8 +315,10 @@ def plot(all_results, sparsities, path):
     figure, axes = plt.subplots(1, len(all_results), figsize=(6 * len(all_results), 4.5), squeeze=False)
     for axis, (task, (dense_accuracy, results)) in zip(axes[0], all_results.items()):
         axis.axhline(dense_accuracy * 100, color="black", linestyle="--", label="dense")
+        # tfsparse's rows take the default colours but grey (C7), which is tfmot's.
+        colours = iter(f"C{i}" for i in (0, 1, 2, 3, 4, 5, 6, 8, 9) * 2)
         for name, by_sparsity in results.items():
-            style = {"color": "grey", "linewidth": 3} if name == "tfmot" else {}
+            style = {"color": "grey", "linewidth": 3} if name == "tfmot" else {"color": next(colours)}
             axis.plot(
                 [s * 100 for s in sparsities],
                 [by_sparsity[s] * 100 for s in sparsities],
