@@ -157,7 +157,8 @@ def quantize_aware(
 
     copy = keras.models.clone_model(
         model,
-        input_tensors=inputs if len(inputs) > 1 else inputs[0],
+        # In the structure of `model.input` (a one-element list for a converted Sequential model).
+        input_tensors=tree.pack_sequence_as(model.input, inputs),
         clone_function=clone_function,
         call_function=call_function,
     )
