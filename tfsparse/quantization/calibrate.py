@@ -2,11 +2,12 @@
 
 A min/max range spends most of the 256 int8 levels of a logits output on very negative logits,
 which no prediction depends on; the step between levels (0.15 on the digits CNN, logits in
-[-30, 7]) then exceeds the margin between the two top classes of some inputs, both round to the same
-int8 value, and argmax takes the lower class. Every prediction the int8 digits CNN lost against
-float was such a tie. The range kept here is the one, among fractions of the min/max range on
-either side, whose rounded logits give the softmax closest (Kullback-Leibler) to the unrounded
-ones on calibration data: it clips only where the softmax does not notice and rounds finer where it does.
+[-30, 7]) then exceeds the margin between the two top classes of some inputs, both round to the
+same int8 value, and argmax takes the lower class (the digits the int8 digits CNN lost against
+float on the benchmark's split were such ties). The range kept here is the one, among fractions of
+the min/max range on either side, whose rounded logits give the softmax closest (Kullback-Leibler)
+to the unrounded ones on calibration data: it clips only where the softmax does not notice and
+rounds finer where it does.
 """
 
 from __future__ import annotations
