@@ -26,6 +26,7 @@ import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import _compression_more  # noqa: E402  (MobileNetV2 and tfmot's rows)
 import numpy as np  # noqa: E402
 
 SEED = 0
@@ -260,7 +261,12 @@ def main():
     parser.add_argument("--rank", type=int, default=16, help="rank of the low-rank split of the 512x64 Dense")
     parser.add_argument("--finetune-epochs", type=int, default=3, help="after clustering or factorizing")
     parser.add_argument("--runs", type=int, default=300, help="invocations timed per file")
+    _compression_more.add_arguments(parser)
     args = parser.parse_args()
+    _compression_more.apply_quick(args)
+    if "digits" not in args.models:
+        _compression_more.print_tables(args)
+        return
 
     from tfsparse.analysis.report import format_table
 
@@ -313,6 +319,7 @@ def main():
     ]
     print()
     print(format_table(headers, cells, right=(1, 2, 3, 4, 5, 6)))
+    _compression_more.print_tables(args)
 
 
 if __name__ == "__main__":
