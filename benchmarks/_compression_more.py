@@ -20,6 +20,7 @@ prepare is scored and timed on the builtin kernels, and the last column says so.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -124,12 +125,11 @@ def accuracy(model, x, y):
     return float(np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y))
 
 
-def schedule_steps(epochs, samples):
-    """(end_step, frequency) of the demo's pruning schedule, for tfsparse and tfmot alike."""
+def pruning_schedule(sparsity, epochs, samples):
+    """The demo's pruning schedule (tfsparse.demo.pruning_schedule) for `samples` training samples."""
     from tfsparse.demo import pruning_schedule
 
-    schedule = pruning_schedule(1.0, epochs, -(-samples // BATCH_SIZE))
-    return schedule.end_step, schedule.frequency
+    return pruning_schedule(sparsity, epochs, -(-samples // BATCH_SIZE))
 
 
 def _quiet_export(model, **options):
@@ -138,6 +138,25 @@ def _quiet_export(model, **options):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # which weights XNNPack cannot run sparse: named by the demo
         return tfsparse.export.to_tflite(model, **options)
+
+
+def export(model, sparse=True, quantize=None, representative_data=None):
+    """(file, note): `to_tflite`'s file; where it refuses one (its check against the Keras outputs),
+    the converter's file without that check, and the refusal as the note."""
+    from tfsparse.export import tflite
+
+    try:
+        return _quiet_export(
+            model, sparse=sparse, quantize=quantize, representative_data=representative_data
+        ), ""
+    except RuntimeError as error:
+        converted = tflite._quantize_aware_for_converter(model, quantize)
+        samples = [representative_data] if representative_data is not None else []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return tflite._convert(converted, sparse, quantize, samples), "to_tflite refuses it: " + str(
+                error
+            )
 
 
 # -- the Keras 3 / tfsparse half --------------------------------------------------------------------
@@ -173,8 +192,7 @@ def mobilenetv2_rows(args):
     keras.utils.set_random_seed(SEED)
     dense = compile_model(keras, build(keras, "mobilenetv2"), 3e-3)
     dense.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=args.epochs, verbose=0)
-    end_step, frequency = schedule_steps(args.epochs, len(x_train))
-    schedule = tfsparse.PolynomialDecay(0.0, args.mobilenetv2_sparsity, 0, end_step, frequency=frequency)
+    schedule = pruning_schedule(args.mobilenetv2_sparsity, args.epochs, len(x_train))
     pruned = compile_model(keras, tfsparse.prune_low_magnitude(dense, pruning_schedule=schedule), 3e-3)
     pruned.fit(
         x_train,
@@ -187,15 +205,18 @@ def mobilenetv2_rows(args):
     final = tfsparse.strip_pruning(pruned)
     float_accuracy = accuracy(final, x_test, y_test)
 
-    def row(name, flatbuffer, keras_accuracy):
-        return measured_row(name, flatbuffer, x_test, y_test, args.runs, keras_accuracy)
+    def row(name, exported, keras_accuracy):
+        flatbuffer, note = exported
+        measured = measured_row(name, flatbuffer, x_test, y_test, args.runs, keras_accuracy)
+        measured["note"] = note
+        return measured
 
     rows = [
-        row("dense, float32", _quiet_export(dense, sparse=False), accuracy(dense, x_test, y_test)),
-        row("pruned, float32 sparse", _quiet_export(final), float_accuracy),
+        row("dense, float32", export(dense, sparse=False), accuracy(dense, x_test, y_test)),
+        row("pruned, float32 sparse", export(final), float_accuracy),
         row(
             "pruned + int8 PTQ",
-            _quiet_export(final, quantize="int8", representative_data=calibration),
+            export(final, quantize="int8", representative_data=calibration),
             float_accuracy,
         ),
     ]
@@ -206,7 +227,7 @@ def mobilenetv2_rows(args):
     rows.append(
         row(
             "pruned + PQAT int8",
-            _quiet_export(qat, quantize="int8", representative_data=calibration),
+            export(qat, quantize="int8", representative_data=calibration),
             accuracy(qat, x_test, y_test),
         )
     )
@@ -226,7 +247,7 @@ def mobilenetv2_rows(args):
     rows.append(
         row(
             f"pruned + clustered ({clusters}) + int8",
-            _quiet_export(clustered, quantize="int8", representative_data=calibration),
+            export(clustered, quantize="int8", representative_data=calibration),
             accuracy(clustered, x_test, y_test),
         )
     )
@@ -241,7 +262,7 @@ def mobilenetv2_rows(args):
     rows.append(
         row(
             f"low-rank ({len(layers)} layers: rank {args.mobilenetv2_rank}, {after:,} of {before:,} params) + int8",
-            _quiet_export(factorized, sparse=False, quantize="int8", representative_data=calibration),
+            export(factorized, sparse=False, quantize="int8", representative_data=calibration),
             accuracy(factorized, x_test, y_test),
         )
     )
@@ -270,7 +291,7 @@ def delegation(flatbuffer):
         builtin = _litert.open_interpreter(flatbuffer, default_delegates=False)
         delegated = _litert.open_interpreter(flatbuffer)
     except RuntimeError as error:
-        return "fails: " + _short(str(error))
+        return "fails: " + _short(str(error).split(";")[0])
     left = _litert.undelegated_nodes(delegated, len(_litert.node_details(builtin)))
     if not left:
         return "yes, all nodes"
@@ -351,8 +372,9 @@ def tfmot_worker(folder):
         try:
             flatbuffer, keras_accuracy = make()
         except Exception as error:  # the row reports what tfmot could not do
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            rows.append({"name": name, "error": f"{type(error).__name__}: {first}"})
+            message = re.sub(r"\{\{function_node [^}]*\}\}", "", str(error)).strip()
+            first = message.splitlines()[0] if message else ""
+            rows.append({"name": name, "error": f"{type(error).__name__}: {first}", "detail": str(error)})
             return
         path = os.path.join(folder, f"{len(rows)}.tflite")
         with open(path, "wb") as file:
@@ -395,12 +417,12 @@ def tfmot_worker(folder):
     clusters = config["clusters"]
     clustered = {}
 
-    def cluster():
+    def cluster(init):
         keras.utils.set_random_seed(SEED)
         wrapped = tfmot.clustering.keras.cluster_weights(
             final,
             number_of_clusters=clusters,
-            cluster_centroids_init=tfmot.clustering.keras.CentroidInitialization.KMEANS_PLUS_PLUS,
+            cluster_centroids_init=getattr(tfmot.clustering.keras.CentroidInitialization, init),
             preserve_sparsity=True,
         )
         compile_model(keras, wrapped, 1e-3)
@@ -408,7 +430,15 @@ def tfmot_worker(folder):
         clustered["model"] = tfmot.clustering.keras.strip_clustering(wrapped)
         return convert(clustered["model"], True, True), accuracy(clustered["model"], x_test, y_test)
 
-    step(f"tfmot pruned + clustered ({clusters}, sparsity kept) + int8", cluster)
+    # k-means++ as tfsparse's rows; where tfmot's fails, its linear initialization is the fallback.
+    step(
+        f"tfmot pruned + clustered ({clusters}, kmeans++, sparsity kept) + int8",
+        lambda: cluster("KMEANS_PLUS_PLUS"),
+    )
+    if "error" in rows[-1]:
+        step(
+            f"tfmot pruned + clustered ({clusters}, linear, sparsity kept) + int8", lambda: cluster("LINEAR")
+        )
 
     def pcqat():
         if "model" not in clustered:
@@ -431,15 +461,15 @@ def tfmot_rows(model_name, dense_weights, args):
     """tfmot's rows for `model_name`, measured here in LiteRT like tfsparse's; (rows, seconds)."""
     sparsity = args.sparsity if model_name == "digits" else args.mobilenetv2_sparsity
     (x_train, _), (x_test, y_test) = data(model_name)
-    end_step, frequency = schedule_steps(args.epochs, len(x_train))
+    schedule = pruning_schedule(sparsity, args.epochs, len(x_train))
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         np.savez(os.path.join(folder, "dense_weights.npz"), *dense_weights)
         config = {
             "model": model_name,
             "sparsity": sparsity,
-            "end_step": end_step,
-            "frequency": frequency,
+            "end_step": schedule.end_step,
+            "frequency": schedule.frequency,
             "epochs": args.epochs,
             "qat_epochs": args.qat_epochs,
             "qat_learning_rate": args.qat_learning_rate,
@@ -497,7 +527,8 @@ def table(title, rows):
             ]
         )
     headers = [title, "Keras acc.", "TFLite acc.", "Sparsity", "Size", "Gzipped", "Latency", "XNNPack"]
-    return format_table(headers, cells, right=(1, 2, 3, 4, 5, 6))
+    notes = [f"{row['name']}: {row['note']}" for row in rows if row.get("note")]
+    return "\n".join([format_table(headers, cells, right=(1, 2, 3, 4, 5, 6)), *notes])
 
 
 def print_tables(args):

@@ -13,6 +13,9 @@ One thread, one sample per invocation, median of `--runs` invocations.
 
     python benchmarks/compression.py [--epochs 8] [--qat-epochs 3] [--runs 300]
 
+MobileNetV2 (digits upscaled to 32x32) and tfmot's collaborative-optimization rows (tf-keras
+subprocess) come from _compression_more.py: `--models digits mobilenetv2`, `--no-tfmot`, `--quick`.
+
 Targets (issue 14): PQAT int8 within 0.2 points of the float pruned model; pruned + clustered
 + int8 gzipped at most 0.5x the pruned int8 gzipped file, losing at most 1 point.
 """
