@@ -205,67 +205,69 @@ def mobilenetv2_rows(args):
     final = tfsparse.strip_pruning(pruned)
     float_accuracy = accuracy(final, x_test, y_test)
 
-    def row(name, exported, keras_accuracy):
+    rows = []
+
+    def add(name, make):
+        """One row from `make()` -> (exported, Keras accuracy[, name]); a failure becomes the row's error."""
+        try:
+            exported, keras_accuracy, *renamed = make()
+        except Exception as error:  # the table says which pipeline could not run, and why
+            rows.append({"name": name, "error": _short(f"{type(error).__name__}: {error}")})
+            return
         flatbuffer, note = exported
+        name = renamed[0] if renamed else name
         measured = measured_row(name, flatbuffer, x_test, y_test, args.runs, keras_accuracy)
         measured["note"] = note
-        return measured
+        rows.append(measured)
 
-    rows = [
-        row("dense, float32", export(dense, sparse=False), accuracy(dense, x_test, y_test)),
-        row("pruned, float32 sparse", export(final), float_accuracy),
-        row(
-            "pruned + int8 PTQ",
-            export(final, quantize="int8", representative_data=calibration),
-            float_accuracy,
-        ),
-    ]
-
-    keras.utils.set_random_seed(SEED)
-    qat = compile_model(keras, quantization.quantize_aware(final), args.qat_learning_rate)
-    qat.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=args.qat_epochs, verbose=0)
-    rows.append(
-        row(
-            "pruned + PQAT int8",
-            export(qat, quantize="int8", representative_data=calibration),
-            accuracy(qat, x_test, y_test),
-        )
+    add("dense, float32", lambda: (export(dense, sparse=False), accuracy(dense, x_test, y_test)))
+    add("pruned, float32 sparse", lambda: (export(final), float_accuracy))
+    add(
+        "pruned + int8 PTQ",
+        lambda: (export(final, quantize="int8", representative_data=calibration), float_accuracy),
     )
+
+    def pqat():
+        keras.utils.set_random_seed(SEED)
+        qat = compile_model(keras, quantization.quantize_aware(final), args.qat_learning_rate)
+        qat.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=args.qat_epochs, verbose=0)
+        return export(qat, quantize="int8", representative_data=calibration), accuracy(qat, x_test, y_test)
+
+    add("pruned + PQAT int8", pqat)
 
     clusters = args.clusters[0]
-    keras.utils.set_random_seed(SEED)
-    clustered = compile_model(keras, clustering.cluster_weights(final, number_of_clusters=clusters), 1e-3)
-    clustered.fit(
-        x_train,
-        y_train,
-        batch_size=BATCH_SIZE,
-        epochs=args.finetune_epochs,
-        verbose=0,
-        callbacks=[clustering.UpdateClusterAssignments(frequency=10)],
-    )
-    clustered = clustering.strip_clustering(clustered)
-    rows.append(
-        row(
-            f"pruned + clustered ({clusters}) + int8",
-            export(clustered, quantize="int8", representative_data=calibration),
-            accuracy(clustered, x_test, y_test),
-        )
-    )
 
-    keras.utils.set_random_seed(SEED)
-    layers = lowrank_layers(dense, args.mobilenetv2_rank)
-    factorization = lowrank.factorize(dense, rank=args.mobilenetv2_rank, layers=layers)
-    factorized = compile_model(keras, factorization.model, 1e-3)
-    factorized.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=args.finetune_epochs, verbose=0)
-    before = sum(split.parameters_before for split in factorization.layers)
-    after = sum(split.parameters_after for split in factorization.layers)
-    rows.append(
-        row(
-            f"low-rank ({len(layers)} layers: rank {args.mobilenetv2_rank}, {after:,} of {before:,} params) + int8",
-            export(factorized, sparse=False, quantize="int8", representative_data=calibration),
-            accuracy(factorized, x_test, y_test),
+    def cluster():
+        keras.utils.set_random_seed(SEED)
+        clustered = clustering.cluster_weights(final, number_of_clusters=clusters)
+        compile_model(keras, clustered, 1e-3)
+        clustered.fit(
+            x_train,
+            y_train,
+            batch_size=BATCH_SIZE,
+            epochs=args.finetune_epochs,
+            verbose=0,
+            callbacks=[clustering.UpdateClusterAssignments(frequency=10)],
         )
-    )
+        clustered = clustering.strip_clustering(clustered)
+        exported = export(clustered, quantize="int8", representative_data=calibration)
+        return exported, accuracy(clustered, x_test, y_test)
+
+    add(f"pruned + clustered ({clusters}) + int8", cluster)
+
+    def low_rank():
+        keras.utils.set_random_seed(SEED)
+        layers = lowrank_layers(dense, args.mobilenetv2_rank)
+        factorization = lowrank.factorize(dense, rank=args.mobilenetv2_rank, layers=layers)
+        factorized = compile_model(keras, factorization.model, 1e-3)
+        factorized.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=args.finetune_epochs, verbose=0)
+        before = sum(split.parameters_before for split in factorization.layers)
+        after = sum(split.parameters_after for split in factorization.layers)
+        exported = export(factorized, sparse=False, quantize="int8", representative_data=calibration)
+        name = f"low-rank ({len(layers)} 1x1 convs: rank {args.mobilenetv2_rank}, {after:,} of {before:,} params) + int8"
+        return exported, accuracy(factorized, x_test, y_test), name
+
+    add("low-rank + int8", low_rank)
     return rows, float_accuracy, len(y_test), dense.get_weights()
 
 
@@ -540,12 +542,16 @@ def print_tables(args):
         print()
         print(table("MobileNetV2 0.35, 32x32", rows))
         by_name = {row["name"]: row for row in rows}
-        ptq, pqat = by_name["pruned + int8 PTQ"], by_name["pruned + PQAT int8"]
+        changes = "".join(
+            f"; {label} {by_name[name]['accuracy'] - float_accuracy:+.1%}"
+            for label, name in (("PTQ int8", "pruned + int8 PTQ"), ("PQAT int8", "pruned + PQAT int8"))
+            if "accuracy" in by_name[name]
+        )
         print(
             f"\n{samples} test digits upscaled to 32x32x3; pruned to {args.mobilenetv2_sparsity:.0%} "
-            f"over {args.epochs} epochs after {args.epochs} dense. Float pruned {float_accuracy:.1%}; "
-            f"PTQ int8 {ptq['accuracy'] - float_accuracy:+.1%}; PQAT int8 {pqat['accuracy'] - float_accuracy:+.1%}. "
-            f"({time.perf_counter() - start:.0f} s)"
+            f"over {args.epochs} epochs after {args.epochs} dense. Float pruned {float_accuracy:.1%}"
+            f"{changes}. ({time.perf_counter() - start:.0f} s)",
+            flush=True,
         )
     if args.no_tfmot:
         return
@@ -560,7 +566,7 @@ def print_tables(args):
             print(
                 "* the default delegates fail to prepare the file: scored and timed on LiteRT's builtin kernels"
             )
-        print(f"({model_name}: tf-keras subprocess and measurements, {seconds:.0f} s)")
+        print(f"({model_name}: tf-keras subprocess and measurements, {seconds:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":
