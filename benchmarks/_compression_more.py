@@ -18,6 +18,7 @@ tfmot cannot run becomes a row "fails: <error>"; a file LiteRT's default delegat
 prepare is scored and timed on the builtin kernels, and the last column says so.
 """
 
+import gzip
 import json
 import os
 import re
@@ -320,7 +321,7 @@ def measured_row(name, flatbuffer, x_test, y_test, runs, keras_accuracy):
             "accuracy": tflite_accuracy(flatbuffer, x_test, y_test),
             "sparsity": analysis.tflite_sparsity_report(flatbuffer).totals.sparsity,
             "bytes": len(flatbuffer),
-            "gzip": len(compression.gzip.compress(flatbuffer, 9, mtime=0)),
+            "gzip": len(gzip.compress(flatbuffer, 9, mtime=0)),
             "latency": compression._latency_ms(flatbuffer, x_test, True, runs),
         }
     row["delegates"] = delegates
@@ -376,7 +377,7 @@ def tfmot_worker(folder):
         except Exception as error:  # the row reports what tfmot could not do
             message = re.sub(r"\{\{function_node [^}]*\}\}", "", str(error)).strip()
             first = message.splitlines()[0] if message else ""
-            rows.append({"name": name, "error": f"{type(error).__name__}: {first}", "detail": str(error)})
+            rows.append({"name": name, "error": f"{type(error).__name__}: {first}"})
             return
         path = os.path.join(folder, f"{len(rows)}.tflite")
         with open(path, "wb") as file:
@@ -535,6 +536,8 @@ def table(title, rows):
 
 def print_tables(args):
     """The MobileNetV2 table and tfmot's tables for the models in `args.models`."""
+    from importlib.metadata import version
+
     dense_weights = {}
     if "mobilenetv2" in args.models:
         start = time.perf_counter()
@@ -559,7 +562,8 @@ def print_tables(args):
         if model_name not in dense_weights:
             dense_weights[model_name] = digits_dense_weights(args)
         rows, seconds = tfmot_rows(model_name, dense_weights[model_name], args)
-        title = "tfmot 0.8.1, digits CNN" if model_name == "digits" else "tfmot 0.8.1, MobileNetV2 0.35"
+        release = version("tensorflow-model-optimization")
+        title = f"tfmot {release}, " + ("digits CNN" if model_name == "digits" else "MobileNetV2 0.35")
         print()
         print(table(title, rows))
         if any(row.get("delegates", "").startswith("fails") for row in rows):
