@@ -17,6 +17,9 @@ One thread, one sample per invocation, median of `--runs` invocations.
 
     python benchmarks/compression.py [--epochs 8] [--qat-epochs 3] [--runs 300] [--splits 3]
 
+MobileNetV2 (digits upscaled to 32x32) and tfmot's collaborative-optimization rows (tf-keras
+subprocess) come from _compression_more.py: `--models digits mobilenetv2`, `--no-tfmot`, `--quick`.
+
 Targets (issue 14): PQAT int8 within 0.2 points of the float pruned model; pruned + clustered
 + int8 gzipped at most 0.5x the pruned int8 gzipped file, losing at most 1 point.
 """
@@ -30,6 +33,7 @@ import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import _compression_more  # noqa: E402  (MobileNetV2 and tfmot's rows)
 import numpy as np  # noqa: E402
 
 SEED = 0
@@ -384,7 +388,12 @@ def main():
     )
     parser.add_argument("--block-epochs", type=int, default=16, help="pruning epochs of the 16-blocks row")
     parser.add_argument("--runs", type=int, default=300, help="invocations timed per file")
+    _compression_more.add_arguments(parser)
     args = parser.parse_args()
+    _compression_more.apply_quick(args)
+    if "digits" not in args.models:
+        _compression_more.print_tables(args)
+        return
 
     from tfsparse.analysis.report import format_table
 
@@ -475,6 +484,7 @@ def main():
     ]
     print()
     print(format_table(headers, cells, right=(1, 2, 3, 4, 5, 6)))
+    _compression_more.print_tables(args)
 
 
 if __name__ == "__main__":
