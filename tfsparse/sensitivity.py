@@ -414,9 +414,9 @@ class MaskedCopy:
 
 def _run(model: keras.Model, x, batch_size: int, compiled: bool = False, to_numpy: bool = True):
     # Batch by batch rather than through `predict` (no callbacks, no progress, no dataset). With
-    # `compiled`, each batch goes through the model's compiled prediction (a graph or XLA function,
-    # traced on the first call, then reused while only variables such as masks change); without,
-    # the model is called eagerly, which is cheaper for a model run once. `x` is an array or a list
+    # `compiled`, each batch goes through the model's compiled prediction (`_compiled_call`: on
+    # TensorFlow a graph function traced on the first call, then reused while only variables such
+    # as masks change); without, the model is called eagerly, which is cheaper for a model run once. `x` is an array or a list
     # of arrays (or backend tensors), passed in that structure; the outputs come back in the
     # structure the model returns (an array, or a list of arrays), as backend tensors without
     # `to_numpy`.
@@ -441,12 +441,13 @@ def _compiled_call(model: keras.Model, x):
     # scan's chain, activations stay backend tensors, since copying them to numpy and back costs
     # more than running the smaller pieces. `make_predict_function` is public, but how its result
     # is called is each trainer's own: the TensorFlow and PyTorch trainers take `[(x,)]` (as their
-    # `predict_on_batch` does); the JAX trainer takes the variables too, so JAX goes through
-    # `predict_on_batch`.
+    # `predict_on_batch` does). On JAX the model runs op by op instead: XLA fuses operations
+    # across what are the pieces' boundaries in the whole model, so compiled pieces would differ
+    # from the whole model in the last bits.
     if keras.backend.backend() in ("tensorflow", "torch"):
         model.make_predict_function()
         return model.predict_function([(x,)])
-    return model.predict_on_batch(x)
+    return model(x, training=False)
 
 
 def _first(x):
@@ -597,9 +598,10 @@ def sensitivity_scan(
         batch_size: the batch size of the predictions.
         verbose: 1 shows a Keras progress bar, 0 nothing.
         downstream_only: compute the activations feeding each layer once and run only the part of
-            the graph after it for each sparsity (same results, faster); False runs the full model
-            for every measurement. Layers of nested models, shared and multi-input layers always
-            run the full model.
+            the graph after it for each sparsity (same results, faster), as a chain of compiled
+            pieces that layers share (see `MaskedCopy.downstream_predictor`); False runs the full
+            (compiled) model for every measurement. Layers of nested models, shared and
+            multi-input layers always run the full model.
 
     Returns:
         A `SensitivityScan`.
