@@ -136,3 +136,30 @@ def test_clustered_tflite_files_gzip_smaller(digits):
     assert sizes["clustered", None] < 0.5 * sizes["pruned", None]
     # int8: the zeros' positions cost most of the compressed bytes; the values gain less.
     assert sizes["clustered", "int8"] < 0.92 * sizes["pruned", "int8"]
+
+
+def test_dense_pruned_in_16_blocks_stays_sparse_in_the_clustered_int8_file():
+    # int8 FULLY_CONNECTED weights in TFLite 1x16 blocks (Keras (16, 1)) are read sparse by the op,
+    # so pruning, clustering and int8 multiply: the zeros cost no bytes and the values few.
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(128, 32)).astype("float32")
+    y = (x[:, :4].argmax(axis=1)).astype("int32")
+    pruned = tfsparse.prune_low_magnitude(
+        make_mlp(features=32), pruning_schedule=tfsparse.ConstantSparsity(0.75, 0), block_size=(16, 1)
+    )
+    pruned.compile(keras.optimizers.Adam(1e-3), LOSS)
+    pruned.fit(x, y, epochs=1, batch_size=128, verbose=0, callbacks=[tfsparse.UpdatePruningStep()])
+    pruned = tfsparse.strip_pruning(pruned)
+    clustered = cluster_weights(pruned, number_of_clusters=4)
+    clustered.compile(keras.optimizers.Adam(1e-3), LOSS)
+    clustered.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[UpdateClusterAssignments(2)])
+    shared = strip_clustering(clustered)
+    sizes = {}
+    for name, model in (("pruned", pruned), ("clustered", shared)):
+        flatbuffer = tfsparse.export.to_tflite(model, quantize="int8", representative_data=x[:64])
+        sizes[name] = len(gzip.compress(flatbuffer, 9))
+        report = tfsparse.analysis.tflite_sparsity_report(flatbuffer)
+        kernels = [row for row in report.rows if row.dtype == "int8" and row.shape == (32, 32)]
+        assert len(kernels) == 2 and all(row.encoding == "sparse" for row in kernels), report
+        assert all(row.stored == 32 * 32 // 4 for row in kernels)  # only the kept blocks' values
+    assert sizes["clustered"] < 0.9 * sizes["pruned"]

@@ -127,6 +127,101 @@ def test_scan_runs_only_the_graph_after_each_layer_with_the_same_results(tabular
     )
 
 
+def _residual_cnn():
+    """A stem, a block with a projection shortcut (as in ResNet's first block of a stage), an
+    identity block, then pooling and a classifier."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="stem_conv")(inputs)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.Activation("relu", name="stem_out")(x)
+    for block, projection in (("block1", True), ("block2", False)):
+        shortcut = x
+        if projection:
+            shortcut = keras.layers.Conv2D(16, 1, strides=2, name=f"{block}_0_conv")(x)
+            shortcut = keras.layers.BatchNormalization(name=f"{block}_0_bn")(shortcut)
+        y = keras.layers.Conv2D(
+            16, 3, strides=2 if projection else 1, padding="same", name=f"{block}_1_conv"
+        )(x)
+        y = keras.layers.BatchNormalization(name=f"{block}_1_bn")(y)
+        y = keras.layers.Activation("relu")(y)
+        y = keras.layers.Conv2D(16, 3, padding="same", name=f"{block}_2_conv")(y)
+        y = keras.layers.BatchNormalization(name=f"{block}_2_bn")(y)
+        x = keras.layers.Activation("relu", name=f"{block}_out")(
+            keras.layers.Add(name=f"{block}_add")([shortcut, y])
+        )
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, keras.layers.Dense(5, name="head")(x))
+
+
+def test_scan_chains_compiled_pieces_between_block_ends_with_the_same_results():
+    model = _residual_cnn()
+    generator = np.random.default_rng(0)
+    x = generator.normal(size=(40, 8, 8, 3)).astype("float32")
+    y = generator.integers(0, 5, 40)
+    masked = tfsparse.sensitivity.MaskedCopy(model, (x, y), batch_size=16)
+    nodes = tfsparse.sensitivity._graph_nodes(masked.model)
+    # The tensors that alone determine the outputs: those of the stem, the ends of the blocks, the
+    # pooled features. Inside a block the shortcut and the branch are both needed.
+    anchors = tfsparse.sensitivity._anchors(masked.model, nodes)
+    stem, ends = (
+        ("prune_low_magnitude_stem_conv", "stem_bn", "stem_out"),
+        ("block1_add", "block1_out", "block2_add", "block2_out", "pool"),
+    )
+    assert [t.name for t in anchors] == [masked.model.get_layer(name).output.name for name in stem + ends]
+    # The chain splits only where a layer's own piece ends: after the stem's convolution and at
+    # the sum of each block (the head's own piece reaches the outputs).
+    _, first_anchors, used = tfsparse.sensitivity._downstream_plan(masked.model)
+    assert [t.name for t in used] == [anchors[i].name for i in (0, 3, 5)]
+    assert first_anchors == {
+        "stem_conv": 0, "block1_0_conv": 1, "block1_1_conv": 1, "block1_2_conv": 1, "block2_1_conv": 2,
+        "block2_2_conv": 2,
+    }  # fmt: skip
+
+    def confidence(y_true, y_pred):  # continuous: any numerical difference shows
+        return float(np.mean(np.abs(y_pred)))
+
+    fast, full = (
+        tfsparse.sensitivity_scan(
+            model,
+            (x, y),
+            sparsities=(0.5, 0.9),
+            metric=confidence,
+            batch_size=16,
+            verbose=0,
+            downstream_only=only,
+        )
+        for only in (True, False)
+    )
+    assert sorted(fast.results) == [
+        "block1_0_conv", "block1_1_conv", "block1_2_conv", "block2_1_conv", "block2_2_conv", "head", "stem_conv"
+    ]  # fmt: skip
+    assert fast.results == full.results and fast.baseline == full.baseline
+    assert len({value for by in fast.results.values() for value in by.values()}) == 14  # all differ
+    # Each piece after a block end is compiled once and shared by every layer before it: the
+    # stem's downstream runs the same piece objects as block 2's.
+    for name in fast.results:
+        masked.downstream_predictor(name)
+    assert sorted(masked._segments) == [0, 1, 2]
+
+
+def test_masks_follow_each_new_choice_of_sparsities(trained_digits_cnn):
+    model, validation, _ = trained_digits_cnn
+    masked = tfsparse.sensitivity.MaskedCopy(model, validation)
+    first, second = list(masked.wrappers)[:2]
+
+    def density(name):
+        return float(np.mean(masked.wrappers[name].get_masks()[0]))
+
+    masked.set_sparsities({first: 0.9})
+    assert (density(first), density(second)) == (pytest.approx(0.1, abs=0.01), 1.0)
+    masked.set_sparsities({second: 0.5, first: 0.9})
+    assert (density(first), density(second)) == (pytest.approx(0.1, abs=0.01), pytest.approx(0.5, abs=0.01))
+    masked.set_sparsities({second: 0.5})
+    assert (density(first), density(second)) == (1.0, pytest.approx(0.5, abs=0.01))
+    masked.set_sparsities({})
+    assert all(density(name) == 1.0 for name in masked.wrappers)
+
+
 def test_a_taylor_scan_scores_on_calibration_data_and_measures_on_the_held_out_data(trained_digits_cnn):
     model, validation, test = trained_digits_cnn
     kwargs = {"sparsities": (0.98,), "criterion": "taylor", "layers": ["dense"], "verbose": 0}

@@ -320,19 +320,29 @@ class MaskedCopy:
         inputs = mask_updates.criterion_inputs(wrappers, calibration)
         self.wrappers = {w.layer.name: w for w in wrappers}
         self._scores = {w.layer.name: mask_updates.layer_scores(w, inputs[id(w)]) for w in wrappers}
+        self._sparsities: dict[str, float] | None = None  # None: the masks' state is not known yet
+        self._last = None
+        self._plan = None
+        self._segments: dict[int, keras.Model] = {}
 
     def set_sparsities(self, sparsities: dict[str, float]) -> None:
         """Masks the named layers at their sparsities; every other layer goes back to dense."""
+        # Only masks that change are written: a scan changes one layer at a time, and rewriting
+        # every layer's masks each time costs as much as a forward pass of a small model.
+        current = self._sparsities or {}
         for name, wrapper in self.wrappers.items():
-            sparsity = sparsities.get(name, 0.0)
+            sparsity = float(sparsities.get(name, 0.0))
+            if self._sparsities is not None and sparsity == current.get(name, 0.0):
+                continue
             masks = mask_updates.layer_masks(wrapper, self._scores[name], sparsity) if sparsity else None
             for index, variable in enumerate(wrapper.masks):
                 variable.assign(masks[index] if masks else ops.ones(variable.shape, dtype=variable.dtype))
+        self._sparsities = {name: float(s) for name, s in sparsities.items() if s}
 
     def _features_from_last(self, cut: list) -> list | None:
         # The previous layer's cut usually determines this one (layers come in graph order): the
         # activations then come from the small part of the graph between the two cuts.
-        if getattr(self, "_last", None) is None:
+        if self._last is None:
             return None
         last_cut, last_features = self._last
         known = {id(tensor): array for tensor, array in zip(last_cut, last_features)}
@@ -342,59 +352,113 @@ class MaskedCopy:
                 step = keras.Model(inputs=last_cut, outputs=missing)
             except ValueError:  # not computable from the last cut alone
                 return None
-            computed = _run(step, last_features, self.batch_size)
+            computed = _run(step, last_features, self.batch_size, to_numpy=False)
             computed = computed if isinstance(computed, list) else [computed]
             known.update({id(tensor): array for tensor, array in zip(missing, computed)})
         return [known[id(tensor)] for tensor in cut]
 
     def predict(self) -> np.ndarray:
         """The copy's predictions on `x` under the current masks."""
-        return _run(self.model, self.x, self.batch_size)
+        return _run(self.model, self.x, self.batch_size, compiled=True)
 
-    def downstream_predictor(self, name: str, cut: list | None = None) -> Callable[[], np.ndarray]:
+    def downstream_predictor(self, name: str) -> Callable[[], np.ndarray]:
         """A function predicting like `predict` while only layer `name`'s masks change.
 
-        The tensors that feed the part of the graph from layer `name` to the outputs (`cut`, from
-        `downstream_cuts`) are computed once; each call then runs only that part, which shares the
-        copy's layers and masks. Without a cut (nested models, shared or multi-input layers) the
-        full copy is run.
+        The tensors that feed the part of the graph from layer `name` to the outputs (its cut,
+        see `downstream_cuts`) are computed once; each call then runs only that part, which shares
+        the copy's layers and masks. That part runs as a chain of compiled pieces: from the cut to
+        the first tensor after the layer that alone determines the outputs (the end of a residual
+        block, say), then from each such tensor to the next. The pieces after a layer's own are
+        shared by every layer before them, so each is compiled once per scan. Layers without a
+        cut (of nested models, shared or multi-input layers) run the full copy.
 
         Example:
 
         ```python
-        predict = masked.downstream_predictor("dense", downstream_cuts(masked.model).get("dense"))
+        predict = masked.downstream_predictor("dense")
+        masked.set_sparsities({"dense": 0.9})
+        predictions = predict()
         ```
         """
+        if self._plan is None:
+            self._plan = _downstream_plan(self.model)
+        cuts, first_anchors, anchors = self._plan
+        cut = cuts.get(name)
         if not cut:
             return self.predict
         features = self._features_from_last(cut)
         if features is None:
             inputs = self.model.inputs
             upstream = keras.Model(inputs=inputs[0] if len(inputs) == 1 else inputs, outputs=cut)
-            features = _run(upstream, self.x, self.batch_size)
+            features = _run(upstream, self.x, self.batch_size, to_numpy=False)
             features = features if isinstance(features, list) else [features]
         self._last = (cut, features)
         outputs = self.model.outputs
-        downstream = keras.Model(inputs=cut, outputs=outputs[0] if len(outputs) == 1 else outputs)
-        return lambda: _run(downstream, features, self.batch_size)
+        outputs = outputs[0] if len(outputs) == 1 else outputs
+        first = first_anchors.get(name)
+        chain = None
+        if first is not None:
+            try:
+                own = keras.Model(inputs=cut, outputs=anchors[first])
+                chain = [own, *(self._segment(i, anchors, outputs) for i in range(first, len(anchors)))]
+            except ValueError:  # the anchor needs more than the cut: run the rest in one piece
+                chain = None
+        chain = chain or [keras.Model(inputs=cut, outputs=outputs)]
+
+        def predict_downstream():
+            values = features
+            for piece in chain:
+                values = _run(piece, values, self.batch_size, compiled=True, to_numpy=False)
+            if isinstance(values, list):
+                return [ops.convert_to_numpy(v) for v in values]
+            return ops.convert_to_numpy(values)
+
+        return predict_downstream
+
+    def _segment(self, index: int, anchors: list, outputs) -> keras.Model:
+        # The graph from one anchor to the next (or to the outputs), built and compiled once.
+        if index not in self._segments:
+            end = anchors[index + 1] if index + 1 < len(anchors) else outputs
+            self._segments[index] = keras.Model(inputs=anchors[index], outputs=end)
+        return self._segments[index]
 
 
-def _run(model: keras.Model, x, batch_size: int):
-    # Called batch by batch rather than through `predict`: a sub-model per layer would each be
-    # traced anew, which costs more than it saves; every path of a scan computes this same way.
-    # `x` is an array or a list of arrays, passed in that structure; the outputs come back in the
-    # structure the model returns (an array, or a list of arrays).
+def _run(model: keras.Model, x, batch_size: int, compiled: bool = False, to_numpy: bool = True):
+    # Batch by batch rather than through `predict` (no callbacks, no progress, no dataset). With
+    # `compiled`, each batch goes through the model's compiled prediction (`_compiled_call`: on
+    # TensorFlow a graph function traced on the first call, then reused while only variables such
+    # as masks change); without, the model is called eagerly, which is cheaper for a model run once. `x` is an array or a list
+    # of arrays (or backend tensors), passed in that structure; the outputs come back in the
+    # structure the model returns (an array, or a list of arrays), as backend tensors without
+    # `to_numpy`.
+    count = int(_first(x).shape[0])
     batches = []
-    for start in range(0, int(_first(x).shape[0]), batch_size):
-        chunk = (
-            [a[start : start + batch_size] for a in x]
-            if isinstance(x, list)
-            else x[start : start + batch_size]
-        )
-        batches.append(model(chunk, training=False))
-    if isinstance(batches[0], (list, tuple)):
-        return [np.concatenate([ops.convert_to_numpy(b[i]) for b in batches]) for i in range(len(batches[0]))]
-    return np.concatenate([ops.convert_to_numpy(b) for b in batches])
+    for start in range(0, count, batch_size):
+        chunk = x
+        if count > batch_size:
+            end = start + batch_size
+            chunk = [a[start:end] for a in x] if isinstance(x, list) else x[start:end]
+        batches.append(_compiled_call(model, chunk) if compiled else model(chunk, training=False))
+    several = isinstance(batches[0], (list, tuple))
+    outputs = [list(b) for b in batches] if several else [[b] for b in batches]
+    joined = [o[0] if len(batches) == 1 else ops.concatenate(list(o), axis=0) for o in zip(*outputs)]
+    if to_numpy:
+        joined = [ops.convert_to_numpy(o) for o in joined]
+    return joined if several else joined[0]
+
+
+def _compiled_call(model: keras.Model, x):
+    # `predict_on_batch` without its conversion of the outputs to numpy: between the pieces of a
+    # scan's chain, activations stay backend tensors, since copying them to numpy and back costs
+    # more than running the smaller pieces. `make_predict_function` is public, but how its result
+    # is called is each trainer's own: the TensorFlow and PyTorch trainers take `[(x,)]` (as their
+    # `predict_on_batch` does). On JAX the model runs op by op instead: XLA fuses operations
+    # across what are the pieces' boundaries in the whole model, so compiled pieces would differ
+    # from the whole model in the last bits.
+    if keras.backend.backend() in ("tensorflow", "torch"):
+        model.make_predict_function()
+        return model.predict_function([(x,)])
+    return model(x, training=False)
 
 
 def _first(x):
@@ -408,44 +472,84 @@ def _producer(tensor):
     return history.operation._inbound_nodes[history.node_index]
 
 
-def downstream_cuts(model: keras.Model) -> dict[str, list]:
-    """`{wrapped layer name: the tensors that, with it, determine the outputs}` for a pruned model.
+def _graph_nodes(model: keras.Model) -> list:
+    # Every node of the model's own functional graph, each after the nodes it reads from.
+    order, done, stack = [], set(), [(n, False) for n in map(_producer, model.outputs) if n is not None]
+    while stack:
+        node, parents_done = stack.pop()
+        if id(node) in done:
+            continue
+        if parents_done:
+            done.add(id(node))
+            order.append(node)
+            continue
+        stack.append((node, True))
+        stack.extend((parent, False) for parent in node.parent_nodes if id(parent) not in done)
+    return order
 
-    For each `PruneLowMagnitude` called once, on one input, in `model`'s own functional graph, the
-    cut is the layer's input followed by every other tensor that a node depending on the layer
-    reads and that does not itself depend on the layer (for example the shortcut of a residual
-    block). Layers of nested models, shared layers and multi-input layers get no cut; neither do
-    layers that some output does not depend on.
+
+def _determines_outputs(tensor, outputs: list) -> bool:
+    # Whether the outputs can be computed from `tensor` alone: walking back from them never
+    # reaches a model input (or any other node that reads no tensor) without passing `tensor`.
+    stack, seen = list(outputs), set()
+    while stack:
+        current = stack.pop()
+        if current is tensor or id(current) in seen:
+            continue
+        seen.add(id(current))
+        node = _producer(current)
+        if node is None or not node.input_tensors:
+            return False
+        stack.extend(node.input_tensors)
+    return True
+
+
+def _anchors(model: keras.Model, nodes: list) -> list:
+    """The tensors of `model`'s graph that alone determine its outputs, first to last.
+
+    Inputs and outputs excepted: the ends of residual blocks, say, not their insides. Every path
+    from the inputs to the outputs passes through each of them, so they follow one another.
     """
+    outputs = list(model.outputs)
+    ends = {id(t) for t in outputs}
+    return [
+        tensor
+        for node in nodes
+        if node.input_tensors
+        for tensor in node.outputs
+        if id(tensor) not in ends and _determines_outputs(tensor, outputs)
+    ]
+
+
+def _downstream_plan(model: keras.Model) -> tuple[dict[str, list], dict[str, int], list]:
+    # `(cuts, {layer name: index of the first anchor that depends on the layer}, anchors)`.
     if not isinstance(getattr(model, "outputs", None), list) or not model.outputs:
-        return {}
-    nodes, stack = {}, [n for n in map(_producer, model.outputs) if n is not None]
-    while stack:  # every node of the model's graph, from the outputs back
-        node = stack.pop()
-        if id(node) not in nodes:
-            nodes[id(node)] = node
-            stack.extend(node.parent_nodes)
+        return {}, {}, []
+    nodes = _graph_nodes(model)
+    anchors = _anchors(model, nodes)
+    children: dict[int, list] = {}
+    for node in nodes:
+        for parent in node.parent_nodes:
+            children.setdefault(id(parent), []).append(node)
     calls: dict[int, list] = {}
-    for node in nodes.values():
+    for node in nodes:
         calls.setdefault(id(node.operation), []).append(node)
-    cuts = {}
+    cuts, first_anchors = {}, {}
     for wrapper in mask_updates.collect_wrappers(model):
         own = calls.get(id(wrapper), [])
         if len(own) != 1 or len(own[0].input_tensors) != 1:
             continue
         start = own[0]
-        depends = {id(start)}
-        changed = True
-        while changed:
-            changed = False
-            for node in nodes.values():
-                if id(node) not in depends and any(id(p) in depends for p in node.parent_nodes):
-                    depends.add(id(node))
-                    changed = True
+        depends, stack = set(), [start]
+        while stack:
+            node = stack.pop()
+            if id(node) not in depends:
+                depends.add(id(node))
+                stack.extend(children.get(id(node), []))
         if not all(id(_producer(t)) in depends for t in model.outputs):
             continue
         cut, seen = [], set()
-        for node in [start, *(n for n in nodes.values() if id(n) in depends and n is not start)]:
+        for node in [start, *(n for n in nodes if id(n) in depends and n is not start)]:
             for tensor in node.input_tensors:
                 producer = _producer(tensor)
                 if (node is start or producer is None or id(producer) not in depends) and id(
@@ -454,7 +558,31 @@ def downstream_cuts(model: keras.Model) -> dict[str, list]:
                     seen.add(id(tensor))
                     cut.append(tensor)
         cuts[wrapper.layer.name] = cut
-    return cuts
+        first = next((i for i, a in enumerate(anchors) if id(_producer(a)) in depends), None)
+        if first is not None:
+            first_anchors[wrapper.layer.name] = first
+    # Only the anchors where some layer's own piece ends split the chain: each split costs a call.
+    used = sorted(set(first_anchors.values()))
+    position = {index: rank for rank, index in enumerate(used)}
+    return cuts, {name: position[i] for name, i in first_anchors.items()}, [anchors[i] for i in used]
+
+
+def downstream_cuts(model: keras.Model) -> dict[str, list]:
+    """`{wrapped layer name: the tensors that, with it, determine the outputs}` for a pruned model.
+
+    For each `PruneLowMagnitude` called once, on one input, in `model`'s own functional graph, the
+    cut is the layer's input followed by every other tensor that a node depending on the layer
+    reads and that does not itself depend on the layer (for example the shortcut of a residual
+    block). Layers of nested models, shared layers and multi-input layers get no cut; neither do
+    layers that some output does not depend on.
+
+    Example:
+
+    ```python
+    cuts = downstream_cuts(masked.model)  # {"dense": [<KerasTensor ...>], ...}
+    ```
+    """
+    return _downstream_plan(model)[0]
 
 
 def sensitivity_scan(
@@ -482,9 +610,10 @@ def sensitivity_scan(
         batch_size: the batch size of the predictions.
         verbose: 1 shows a Keras progress bar, 0 nothing.
         downstream_only: compute the activations feeding each layer once and run only the part of
-            the graph after it for each sparsity (same results, faster); False runs the full model
-            for every measurement. Layers of nested models, shared and multi-input layers always
-            run the full model.
+            the graph after it for each sparsity (same results, faster), as a chain of compiled
+            pieces that layers share (see `MaskedCopy.downstream_predictor`); False runs the full
+            (compiled) model for every measurement. Layers of nested models, shared and
+            multi-input layers always run the full model.
         calibration_data: what "wanda" and "taylor" score weights on, instead of `data`: `(x, y)`
             arrays or batches, typically a few hundred training samples. Scored and measured on
             the same samples, a data criterion keeps just the weights those samples need, and the
@@ -518,12 +647,11 @@ def sensitivity_scan(
     baseline = metric_fn(y, masked.predict())
     progress = keras.utils.Progbar(len(wrappers) * len(sparsities), verbose=verbose, unit_name="measurement")
     results, sizes = {}, {}
-    cuts = downstream_cuts(masked.model) if downstream_only else {}
     for layer_name, wrapper in wrappers.items():
         results[layer_name] = {}
         sizes[layer_name] = int(sum(np.prod(w.shape) for w in wrapper.pruned_weights))
         masked.set_sparsities({})
-        predict = masked.downstream_predictor(layer_name, cuts.get(layer_name))
+        predict = masked.downstream_predictor(layer_name) if downstream_only else masked.predict
         for sparsity in sparsities:
             masked.set_sparsities({layer_name: sparsity})
             results[layer_name][sparsity] = metric_fn(y, predict())

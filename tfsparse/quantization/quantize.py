@@ -83,7 +83,11 @@ def quantize_aware(
     their input's scale in TFLite and are left as they are. Fit the copy for a few epochs (ranges
     are set by the first training batch), then export it with
     `tfsparse.export.to_tflite(qat_model, quantize="int8", representative_data=...)`, which takes
-    its ranges and its rounding.
+    its ranges and its rounding. For a classifier with logits outputs, call
+    `tfsparse.quantization.calibrate_logits_range` before exporting: a min/max range of the logits
+    rounds close top classes to the same int8 value. Fitting to the float model's outputs
+    (`tfsparse.Distiller(student=qat_model, teacher=model)`) changes fewer predictions than fitting
+    to the labels, which also retrains the model.
 
     A clustered model (from `tfsparse.clustering.cluster_weights`, not stripped) trains its
     centroids under the int8 rounding, so its clusters and zeros survive into the file
@@ -157,7 +161,8 @@ def quantize_aware(
 
     copy = keras.models.clone_model(
         model,
-        input_tensors=inputs if len(inputs) > 1 else inputs[0],
+        # In the structure of `model.input` (a one-element list for a converted Sequential model).
+        input_tensors=tree.pack_sequence_as(model.input, inputs),
         clone_function=clone_function,
         call_function=call_function,
     )

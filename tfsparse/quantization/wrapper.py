@@ -103,12 +103,14 @@ class QuantizeWrapper(keras.layers.Wrapper):
             return kernel
         return fake_quant.fake_quantize_weight(kernel, depthwise=is_depthwise(kernel_layer(self.layer)))
 
-    def call(self, inputs, training=None):
+    def output_before_rounding(self, inputs, training=None):
+        """What the layer computes on its int8 kernel, before its output is rounded to int8."""
         if self.quantizes_kernel:
-            outputs = call_with_kernel(kernel_layer(self.layer), inputs, self.quantized_kernel())
-        else:
-            outputs = self.layer(inputs, training=training)
-        return self.output_range(outputs, training, self.range_decay)
+            return call_with_kernel(kernel_layer(self.layer), inputs, self.quantized_kernel())
+        return self.layer(inputs, training=training)
+
+    def call(self, inputs, training=None):
+        return self.output_range(self.output_before_rounding(inputs, training), training, self.range_decay)
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
