@@ -199,3 +199,8 @@ def test_int8_file_of_folded_qat_model_has_no_multiply_or_add_beyond_the_ptq_fil
         if isinstance(layer, QuantizeWrapper) and layer.quantizes_kernel
     ]
     assert sorted(row.size - row.nonzeros for row in kernels) == sorted(keras_zeros)
+
+
+def test_fold_batch_norms_refuses_what_is_not_a_keras_model():
+    with pytest.raises(ValueError, match="`model` must be a Keras model"):
+        fold_batch_norms("model.keras")
