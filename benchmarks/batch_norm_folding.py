@@ -1,7 +1,8 @@
 """PQAT int8 MobileNetV2 with and without batch normalization folded before fake quantization.
 
 MobileNetV2 (alpha 0.35, 32x32, weights=None, as in compression.py) trained briefly on the digits
-upscaled to 32x32, pruned to 75% in one shot (magnitude), then: post-training int8 (PTQ), and
+upscaled to 32x32, pruned to 75% in one shot (magnitude), batch-norm statistics re-estimated
+(one epoch at learning rate 0), then: post-training int8 (PTQ), and
 `quantize_aware(..., fold_batch_norm=False)` / `fold_batch_norm=True`, each fitted for the same
 short QAT epochs and exported int8 with `to_tflite`. Prints each file's MUL/ADD op counts, test
 accuracy, size and LiteRT latency (XNNPack, one thread, median of `--runs`, as compression.py
@@ -62,6 +63,9 @@ def main():
     dense = compile_model(keras, build(keras, "mobilenetv2"), 3e-3)
     dense.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=args.epochs, verbose=0)
     pruned = tfsparse.prune_oneshot(dense, 0.75, criterion="magnitude")
+    # One-shot pruning leaves the batch-norm statistics of the dense model; an epoch at learning
+    # rate 0 re-estimates them (the weights, zeros included, do not move), as folding needs.
+    compile_model(keras, pruned, 0.0).fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=1, verbose=0)
     calibration = x_train[:CALIBRATION]
     files = {"pruned + int8 PTQ": (*export(pruned, quantize="int8", representative_data=calibration), None)}
     for fold in (False, True):

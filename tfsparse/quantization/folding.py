@@ -179,6 +179,10 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
     longer adapts to new batches: training the copy trains the folded kernel and bias. Zeros of a
     pruned kernel stay zero. Every other layer keeps its name, config and weights.
 
+    The moving statistics must describe the model as it is: after one-shot pruning they still
+    describe the dense model, so re-estimate them first (fit an epoch at learning rate 0, which
+    moves no weight but updates the statistics).
+
     Args:
         model: a functional or Sequential model; a pruned model is stripped first. Layers inside
             nested models and clustered layers are left as they are.

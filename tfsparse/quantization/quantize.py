@@ -106,9 +106,10 @@ def quantize_aware(
         preserve_sparsity: keep every zero weight of the kernels exactly zero through training and
             into the int8 file.
         range_decay: weight of the old range when a training batch updates it, in [0, 1).
-        fold_batch_norm: fold batch normalizations into the layer before them first. False
-            quantizes each on its own (an int8 MUL and ADD in the file, as TFLite runs an unfolded
-            normalization).
+        fold_batch_norm: fold batch normalizations into the layer before them first (their
+            moving statistics must be current: after one-shot pruning, re-estimate them, see
+            `fold_batch_norms`). False quantizes each on its own, and training updates its
+            statistics (an int8 MUL and ADD in the file, as TFLite runs an unfolded normalization).
 
     Returns:
         A functional model of the same inputs and outputs, with the same weights (folded
