@@ -6,6 +6,7 @@ import keras
 from keras import tree
 
 from tfsparse.quantization.activation import DEFAULT_DECAY, QuantizeActivation, check_decay
+from tfsparse.quantization.folding import fold_batch_norms
 from tfsparse.quantization.wrapper import QuantizeWrapper, kernel_layer
 from tfsparse.wrapper import accepts_argument
 
@@ -52,7 +53,7 @@ def is_quantize_aware(model: keras.Model) -> bool:
     return any(isinstance(layer, (QuantizeWrapper, QuantizeActivation)) for layer in model.layers)
 
 
-def _functional(model: keras.Model) -> keras.Model:
+def _functional(model: keras.Model, fold_batch_norm: bool) -> keras.Model:
     from tfsparse.export._files import plain_model  # strips pruning wrappers; imports no TensorFlow
 
     model = plain_model(model)
@@ -68,16 +69,23 @@ def _functional(model: keras.Model) -> keras.Model:
             raise ValueError(
                 f"Layer '{layer.name}' is already quantization-aware; pass the original model to `quantize_aware`."
             )
-    return model
+    return fold_batch_norms(model) if fold_batch_norm else model
 
 
 def quantize_aware(
-    model: keras.Model, preserve_sparsity: bool = True, range_decay: float = DEFAULT_DECAY
+    model: keras.Model,
+    preserve_sparsity: bool = True,
+    range_decay: float = DEFAULT_DECAY,
+    fold_batch_norm: bool = True,
 ) -> keras.Model:
     """A copy of `model` that simulates TFLite's int8 inference while it trains (QAT).
 
-    Every layer that changes the scale of its values (Dense, convolutions, batch normalization,
-    activations, merges, ...) is wrapped in `QuantizeWrapper`: Dense and convolution kernels are
+    First, each batch normalization that directly follows a Dense or convolution layer without
+    activation is folded into its kernel and bias (`fold_batch_norms`, inference statistics), as
+    TFLite's converter folds it: the model trains and rounds the one convolution the file runs,
+    and the normalization's statistics stay as they were. Then every layer that changes the scale
+    of its values (Dense, convolutions, batch normalization left unfolded, activations, merges,
+    ...) is wrapped in `QuantizeWrapper`: Dense and convolution kernels are
     rounded to int8 per output channel, outputs to int8 per tensor over ranges learned during
     training. Inputs get a `QuantizeActivation`. Max pooling, reshapes, padding and dropout keep
     their input's scale in TFLite and are left as they are. Fit the copy for a few epochs (ranges
@@ -98,9 +106,14 @@ def quantize_aware(
         preserve_sparsity: keep every zero weight of the kernels exactly zero through training and
             into the int8 file.
         range_decay: weight of the old range when a training batch updates it, in [0, 1).
+        fold_batch_norm: fold batch normalizations into the layer before them first (their
+            moving statistics must be current: after one-shot pruning, re-estimate them, see
+            `fold_batch_norms`). False quantizes each on its own, and training updates its
+            statistics (an int8 MUL and ADD in the file, as TFLite runs an unfolded normalization).
 
     Returns:
-        A functional model of the same inputs and outputs, with the same weights.
+        A functional model of the same inputs and outputs, with the same weights (folded
+        batch normalizations inside their layer's kernel and bias).
 
     Raises:
         ValueError: a subclassed or nested model, or one already quantization-aware.
@@ -118,8 +131,12 @@ def quantize_aware(
         raise ValueError(
             f"Argument `preserve_sparsity` must be True or False. Received: preserve_sparsity={preserve_sparsity!r}"
         )
+    if not isinstance(fold_batch_norm, bool):
+        raise ValueError(
+            f"Argument `fold_batch_norm` must be True or False. Received: fold_batch_norm={fold_batch_norm!r}"
+        )
     range_decay = check_decay(range_decay)
-    model = _functional(model)
+    model = _functional(model, fold_batch_norm)
     inputs = [
         keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=tensor.name) for tensor in model.inputs
     ]
