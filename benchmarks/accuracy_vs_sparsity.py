@@ -31,7 +31,7 @@ Methods (default: the first nine):
 
 Sparsity counts the kernels of every Conv2D and Dense layer (biases are not pruned).
 
-    python benchmarks/accuracy_vs_sparsity.py [--quick] [--tasks digits signal noisy] [--no-tfmot]
+    python benchmarks/accuracy_vs_sparsity.py [--quick] [--seeds N] [--tasks digits signal noisy] [--no-tfmot]
         [--methods magnitude auto ...] [--sparsities 0.9 0.95]
 """
 
@@ -238,8 +238,11 @@ def run_task(task, settings):
         method = METHODS[name]
         results[name] = {}
         for sparsity in settings.sparsities:
-            keras.utils.set_random_seed(SEED)
-            results[name][sparsity] = method(dense, train, test, sparsity, settings)
+            runs = []
+            for seed in range(SEED, SEED + settings.seeds):  # the pruning runs' seeds; one dense model
+                keras.utils.set_random_seed(seed)
+                runs.append(method(dense, train, test, sparsity, settings))
+            results[name][sparsity] = (float(np.mean([r[0] for r in runs])), runs[0][1])
     for name, by_sparsity in results.items():
         for sparsity, (_, reached) in by_sparsity.items():
             if abs(reached - sparsity) > 0.005:
@@ -267,6 +270,9 @@ def print_table(task, dense_accuracy, results, sparsities):
 
 
 SINGLE_CRITERIA = ("magnitude", "global", "taylor", "movement")
+# The single criteria as they were when auto-sparsity and distillation were added (movement was
+# then the broken reference-snapshot score): the baseline the 95% target was set against.
+CRITERIA_BEFORE = ("magnitude", "global", "taylor")
 NEW_METHODS = ("auto", "taylor+distill", "auto+distill", "auto (movement)")
 
 
@@ -278,17 +284,21 @@ def print_targets(all_results):
         return max(values) if values else None
 
     lines = []
-    margins = {}
-    for task, (_, results) in all_results.items():
-        new, old = best(results, NEW_METHODS, 0.95), best(results, SINGLE_CRITERIA, 0.95)
-        if new is not None and old is not None:
-            margins[task] = (new - old) * 100
-    if margins:
-        cells = ", ".join(f"{task} {margin:+.1f}" for task, margin in margins.items())
-        met = sum(margin >= 1.0 for margin in margins.values()) >= 2
-        lines.append(
-            f"95%: auto/distillation minus the best single criterion: {cells} -> {'met' if met else 'not met'}"
-        )
+    for baseline, label in (
+        (CRITERIA_BEFORE, "magnitude/global/taylor"),
+        (SINGLE_CRITERIA, "any single criterion"),
+    ):
+        margins = {}
+        for task, (_, results) in all_results.items():
+            new, old = best(results, NEW_METHODS, 0.95), best(results, baseline, 0.95)
+            if new is not None and old is not None:
+                margins[task] = (new - old) * 100
+        if margins:
+            cells = ", ".join(f"{task} {margin:+.1f}" for task, margin in margins.items())
+            met = sum(margin >= 1.0 for margin in margins.values()) >= 2
+            lines.append(
+                f"95%: auto/distillation minus the best of {label}: {cells} -> {'met' if met else 'not met'}"
+            )
     if "digits" in all_results and "tfmot" in all_results["digits"][1]:
         results = all_results["digits"][1]
         if 0.98 in results["tfmot"]:
@@ -351,6 +361,12 @@ def main():
         type=float,
         help="sparsities to run (default: those of --quick or the full run)",
     )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="pruning runs per cell, seeds 0..N-1 from the same dense model; the table shows their mean",
+    )
     parser.add_argument("--plot", default=os.path.join(os.path.dirname(__file__), "accuracy_vs_sparsity.png"))
     settings = parser.parse_args()
     if not settings.sparsities:
@@ -359,7 +375,9 @@ def main():
     settings.pruning_epochs = 4 if settings.quick else 8
     settings.finetune_epochs = 4 if settings.quick else 8
     print(
-        f"backend {keras.backend.backend()}, seed {SEED}, batch {BATCH_SIZE}; dense {settings.dense_epochs} epochs, "
+        f"backend {keras.backend.backend()}, seed {SEED}"
+        + (f" (pruning runs: mean of seeds {SEED}-{SEED + settings.seeds - 1})" if settings.seeds > 1 else "")
+        + f", batch {BATCH_SIZE}; dense {settings.dense_epochs} epochs, "
         f"then {settings.pruning_epochs} pruning + {settings.finetune_epochs} fine-tuning epochs per run; "
         "test accuracy (%), * = best tfsparse method\n"
     )
