@@ -77,7 +77,7 @@ def main():
         if weight.name == "kernel":
             weight.assign(weight_rng.normal(scale=0.1, size=weight.shape).astype("float32"))
     batches = [(x[:64], y[:64]), (x[64:128], y[64:128])]
-    gradients = _gradients.gradient_magnitudes(scored, [scored.layers[-1].kernel], batches, loss)
+    gradients = _gradients.gradient_sums(scored, [scored.layers[-1].kernel], batches, loss, absolute=True)
     facts["gradient_sum"] = float(np.sum(gradients[0]))
     json.dump(facts, sys.stdout)
     print()

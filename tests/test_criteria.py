@@ -227,8 +227,8 @@ def test_input_norms_are_the_l2_norms_of_each_input_feature_and_channel():
 def test_gradients_are_computed_only_at_mask_updates(name, expected_calls, tabular, monkeypatch):
     x, y = tabular
     calls = []
-    original = _gradients._summed
-    monkeypatch.setattr(_gradients, "_summed", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = _gradients.gradient_sums
+    monkeypatch.setattr(_gradients, "gradient_sums", lambda *a, **k: calls.append(1) or original(*a, **k))
     pruned = tfsparse.prune_low_magnitude(
         make_mlp(), pruning_schedule=tfsparse.PolynomialDecay(0.0, 0.5, 0, 16, frequency=8), criterion=name
     )

@@ -60,45 +60,23 @@ def _torch(model, variables, x, y, loss_fn):
 _BACKENDS = {"tensorflow": _tensorflow, "jax": _jax, "torch": _torch}
 
 
-def gradient_magnitudes(
-    model: keras.Model,
-    variables: Sequence[keras.Variable],
-    batches: Iterable[tuple],
-    loss_fn: Callable,
-) -> list[np.ndarray]:
-    """`sum_b |dL_b / dv|` over `batches` for each of `variables`, as numpy arrays.
-
-    Args:
-        model: the model whose loss is differentiated.
-        variables: variables of `model` (a variable the loss does not reach gets zeros).
-        batches: `(x, y)` pairs.
-        loss_fn: `loss_fn(y_true, y_pred)`, per sample or already averaged.
-
-    Returns:
-        One array per variable, of its shape.
-
-    Example:
-
-    ```python
-    gradient_magnitudes(model, [model.layers[-1].kernel], [(x[:32], y[:32])], loss_fn)
-    ```
-    """
-    return _summed(model, variables, batches, loss_fn, absolute=True)
-
-
 def gradient_sums(
     model: keras.Model,
     variables: Sequence[keras.Variable],
     batches: Iterable[tuple],
     loss_fn: Callable,
+    absolute: bool = False,
 ) -> list[np.ndarray]:
-    """`sum_b dL_b / dv` over `batches` for each of `variables` (signed), as numpy arrays.
+    """`sum_b dL_b / dv` (or `sum_b |dL_b / dv|` with `absolute=True`) over `batches` for each of
+    `variables`, as numpy arrays.
 
     Args:
         model: the model whose loss is differentiated.
         variables: variables of `model` (a variable the loss does not reach gets zeros).
         batches: `(x, y)` pairs.
         loss_fn: `loss_fn(y_true, y_pred)`, per sample or already averaged.
+        absolute: sum the gradients' magnitudes ("taylor") rather than the signed gradients
+            ("movement").
 
     Returns:
         One array per variable, of its shape.
@@ -106,13 +84,9 @@ def gradient_sums(
     Example:
 
     ```python
-    gradient_sums(model, [model.layers[-1].kernel], [(x[:32], y[:32])], loss_fn)
+    gradient_sums(model, [model.layers[-1].kernel], [(x[:32], y[:32])], loss_fn, absolute=True)
     ```
     """
-    return _summed(model, variables, batches, loss_fn, absolute=False)
-
-
-def _summed(model, variables, batches, loss_fn, absolute: bool) -> list[np.ndarray]:
     backend = keras.backend.backend()
     if backend not in _BACKENDS:
         raise ValueError(

@@ -178,7 +178,7 @@ class Calibration:
         """`sum_b |dL_b / dv|` over a draw of batches, for each of `variables`."""
         batches = self._labelled_draw()
         loss_fn = resolve_loss(self.model, self.loss)
-        return _gradients.gradient_magnitudes(self.model, variables, batches, loss_fn)
+        return _gradients.gradient_sums(self.model, variables, batches, loss_fn, absolute=True)
 
     def _labelled_draw(self) -> list[tuple]:
         batches = self._draw()
