@@ -93,13 +93,9 @@ def data(model_name):
 def build(keras, model_name):
     """The model in Keras 3 or tf-keras: the same layers in the same order, so weights carry over."""
     if model_name == "digits":
-        inputs = keras.Input((8, 8, 1), name="image")
-        x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
-        x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(x)
-        x = keras.layers.MaxPooling2D()(x)
-        x = keras.layers.Flatten()(x)
-        x = keras.layers.Dense(64, activation="relu")(x)
-        return keras.Model(inputs, keras.layers.Dense(10)(x), name="digits_cnn")
+        from tfsparse.demo import build_model
+
+        return build_model(keras)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from tests.applications import FAMILIES
 

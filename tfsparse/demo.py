@@ -109,8 +109,13 @@ def load_data(seed: int = 0):
     return (x_train, y_train), (x_test, y_test)
 
 
-def build_model() -> keras.Model:
-    """The demo's CNN: two convolutions, pooling and two dense layers; about 38,000 parameters."""
+def build_model(keras_module=None) -> keras.Model:
+    """The demo's CNN: two convolutions, pooling and two dense layers; about 38,000 parameters.
+
+    `keras_module` builds the same layers with another Keras (tf-keras, for tfmot comparisons);
+    default: Keras 3.
+    """
+    keras = keras_module or globals()["keras"]
     inputs = keras.Input((8, 8, 1), name="image")
     x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
     x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(x)
