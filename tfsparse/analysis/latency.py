@@ -47,17 +47,10 @@ def _input_shapes(model) -> list[tuple[tuple[int, ...], str]]:
     return specs
 
 
-def _sample_inputs(specs, batch_size: int, seed: int = 0) -> list[np.ndarray]:
-    """Standard-normal inputs (zeros and ones for integer inputs) of the model's input shapes."""
-    rng = np.random.default_rng(seed)
-    arrays = []
-    for shape, dtype in specs:
-        size = (batch_size, *shape)
-        if np.issubdtype(np.dtype(dtype), np.integer):
-            arrays.append(rng.integers(0, 2, size=size).astype(dtype))
-        else:
-            arrays.append(rng.standard_normal(size).astype(dtype))
-    return arrays
+def _sample_inputs(specs, batch_size: int) -> list[np.ndarray]:
+    from tfsparse.export._files import random_inputs
+
+    return random_inputs(specs, batch_size)
 
 
 def _batched(model: keras.Model, specs, batch_size: int) -> keras.Model:

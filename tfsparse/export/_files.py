@@ -113,14 +113,21 @@ def as_input_list(model: keras.Model, data, argument: str) -> list[np.ndarray]:
 
 def generated_inputs(model: keras.Model, samples: int = 16, seed: int = 0) -> list[np.ndarray]:
     """Standard-normal inputs (integers in {0, 1} for integer inputs) of the model's input shapes."""
-    rng = np.random.default_rng(seed)
-    arrays = []
-    for shape, dtype in input_specs(model):
+    specs = input_specs(model)
+    for shape, _ in specs:
         if any(d is None for d in shape):
             raise ValueError(
                 f"Model '{model.name}' has an input of unknown shape {shape}; pass sample inputs "
                 "(`representative_data` or `inputs`) to fix its dimensions."
             )
+    return random_inputs(specs, samples, seed)
+
+
+def random_inputs(specs, samples: int, seed: int = 0) -> list[np.ndarray]:
+    """`samples` standard-normal inputs (integers in {0, 1} for integer dtypes) per `(shape, dtype)`."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for shape, dtype in specs:
         size = (samples, *shape)
         if np.issubdtype(np.dtype(dtype), np.integer):
             arrays.append(rng.integers(0, 2, size=size).astype(dtype))
