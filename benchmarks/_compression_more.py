@@ -33,6 +33,7 @@ if __name__ == "__main__":  # the tfmot worker: tf.keras must be tf-keras before
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
+from _accuracy_tasks import compile_model  # noqa: E402
 
 MODELS = ("digits", "mobilenetv2")
 SEED = 0
@@ -106,15 +107,6 @@ def build(keras, model_name):
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = 0.9
-    return model
-
-
-def compile_model(keras, model, learning_rate):
-    model.compile(
-        keras.optimizers.Adam(learning_rate),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
     return model
 
 
@@ -235,17 +227,9 @@ def mobilenetv2_rows(args):
     clusters = args.clusters[0]
 
     def cluster():
-        keras.utils.set_random_seed(SEED)
-        clustered = clustering.cluster_weights(final, number_of_clusters=clusters)
-        compile_model(keras, clustered, 1e-3)
-        clustered.fit(
-            x_train,
-            y_train,
-            batch_size=BATCH_SIZE,
-            epochs=args.finetune_epochs,
-            verbose=0,
-            callbacks=[clustering.UpdateClusterAssignments(frequency=10)],
-        )
+        import compression
+
+        clustered = compression._cluster(keras, final, x_train, y_train, clusters, args)
         clustered = clustering.strip_clustering(clustered)
         exported = export(clustered, quantize="int8", representative_data=calibration)
         return exported, accuracy(clustered, x_test, y_test)
@@ -270,14 +254,13 @@ def mobilenetv2_rows(args):
 
 def digits_dense_weights(args):
     """The digits CNN trained dense as compression.digits_rows trains it (same seed and recipe)."""
-    import compression
     import keras
 
     from tfsparse import demo
 
     keras.utils.set_random_seed(SEED)
     (x_train, y_train), _ = demo.load_data(SEED)
-    dense = compression._compile(keras, demo.build_model(), 3e-3)
+    dense = compile_model(keras, demo.build_model(), 3e-3)
     dense.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=args.epochs, verbose=0)
     return dense.get_weights()
 

@@ -35,6 +35,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import _compression_more  # noqa: E402  (MobileNetV2 and tfmot's rows)
 import numpy as np  # noqa: E402
+from _accuracy_tasks import compile_model  # noqa: E402
+from _compression_more import accuracy  # noqa: E402
 
 SEED = 0
 BATCH_SIZE = 32
@@ -42,11 +44,6 @@ BATCH_SIZE = 32
 
 def _loss(keras):
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def _compile(keras, model, learning_rate):
-    model.compile(keras.optimizers.Adam(learning_rate), _loss(keras), metrics=["accuracy"])
-    return model
 
 
 def _latency_ms(flatbuffer, x, builtin, runs):
@@ -80,10 +77,6 @@ def _row(name, flatbuffer, x_test, y_test, runs, keras_accuracy=None):
         "gzip": len(gzip.compress(flatbuffer, 9, mtime=0)),
         "latency": _latency_ms(flatbuffer, x_test, False, runs),
     }
-
-
-def _accuracy(model, x, y):
-    return float(np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y))
 
 
 def _pqat(keras, final, x_train, y_train, args):
@@ -129,7 +122,7 @@ def _prune(keras, dense, x_train, y_train, args, blocks=None):
             return copy
 
         model = keras.models.clone_model(dense, clone_function=clone_function)
-    pruned = _compile(keras, model, 3e-3)
+    pruned = compile_model(keras, model, 3e-3)
     pruned.fit(
         x_train,
         y_train,
@@ -145,7 +138,7 @@ def _cluster(keras, final, x_train, y_train, clusters, args):
     from tfsparse import clustering
 
     keras.utils.set_random_seed(SEED)
-    clustered = _compile(keras, clustering.cluster_weights(final, number_of_clusters=clusters), 1e-3)
+    clustered = compile_model(keras, clustering.cluster_weights(final, number_of_clusters=clusters), 1e-3)
     clustered.fit(
         x_train,
         y_train,
@@ -175,10 +168,10 @@ def digits_rows(args):
     (x_train, y_train), (x_test, y_test) = demo.load_data(SEED)
     calibration = x_train[:200]
 
-    dense = _compile(keras, demo.build_model(), 3e-3)
+    dense = compile_model(keras, demo.build_model(), 3e-3)
     dense.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=args.epochs, verbose=0)
     final = _prune(keras, dense, x_train, y_train, args)
-    float_accuracy = _accuracy(final, x_test, y_test)
+    float_accuracy = accuracy(final, x_test, y_test)
 
     def export(model, **options):
         with warnings.catch_warnings():
@@ -192,7 +185,7 @@ def digits_rows(args):
             x_test,
             y_test,
             args.runs,
-            _accuracy(dense, x_test, y_test),
+            accuracy(dense, x_test, y_test),
         ),
         _row("pruned, float32 sparse", export(final), x_test, y_test, args.runs, float_accuracy),
         _row(
@@ -213,7 +206,7 @@ def digits_rows(args):
             x_test,
             y_test,
             args.runs,
-            _accuracy(qat, x_test, y_test),
+            accuracy(qat, x_test, y_test),
         )
     )
 
@@ -222,7 +215,7 @@ def digits_rows(args):
         if clusters == args.clusters[0]:
             # Cluster-preserving QAT: the centroids train under the int8 rounding.
             keras.utils.set_random_seed(SEED)
-            cqat = _compile(keras, quantization.quantize_aware(clustered), args.qat_learning_rate)
+            cqat = compile_model(keras, quantization.quantize_aware(clustered), args.qat_learning_rate)
             cqat.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=args.qat_epochs, verbose=0)
             cqat_row = _row(
                 f"pruned + clustered ({clusters}) + QAT int8",
@@ -230,7 +223,7 @@ def digits_rows(args):
                 x_test,
                 y_test,
                 args.runs,
-                _accuracy(cqat, x_test, y_test),
+                accuracy(cqat, x_test, y_test),
             )
         clustered = clustering.strip_clustering(clustered)
         rows.append(
@@ -240,7 +233,7 @@ def digits_rows(args):
                 x_test,
                 y_test,
                 args.runs,
-                _accuracy(clustered, x_test, y_test),
+                accuracy(clustered, x_test, y_test),
             )
         )
 
@@ -256,13 +249,13 @@ def digits_rows(args):
             x_test,
             y_test,
             args.runs,
-            _accuracy(shared, x_test, y_test),
+            accuracy(shared, x_test, y_test),
         )
     )
 
     keras.utils.set_random_seed(SEED)
     factorization = lowrank.factorize(dense, rank=args.rank, layers=["dense"])
-    factorized = _compile(keras, factorization.model, 1e-3)
+    factorized = compile_model(keras, factorization.model, 1e-3)
     factorized.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=args.finetune_epochs, verbose=0)
     (split,) = factorization.layers
     rows.append(
@@ -272,7 +265,7 @@ def digits_rows(args):
             x_test,
             y_test,
             args.runs,
-            _accuracy(factorized, x_test, y_test),
+            accuracy(factorized, x_test, y_test),
         )
     )
     return rows, float_accuracy, len(y_test)
@@ -291,7 +284,7 @@ def other_splits(args):
     for seed in range(1, args.splits + 1):
         keras.utils.set_random_seed(seed)
         (x_train, y_train), (x_test, y_test) = demo.load_data(seed)
-        dense = _compile(keras, demo.build_model(), 3e-3)
+        dense = compile_model(keras, demo.build_model(), 3e-3)
         dense.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=args.epochs, verbose=0)
         final = _prune(keras, dense, x_train, y_train, args)
         keras.utils.set_random_seed(seed)
@@ -306,9 +299,9 @@ def other_splits(args):
             )
             blocks = to_tflite(shared, quantize="int8", representative_data=x_train[:200])
         correct = [
-            round(accuracy * len(y_test))
-            for accuracy in (
-                _accuracy(final, x_test, y_test),
+            round(share * len(y_test))
+            for share in (
+                accuracy(final, x_test, y_test),
                 tflite_accuracy(ptq, x_test, y_test),
                 tflite_accuracy(pqat, x_test, y_test),
                 tflite_accuracy(blocks, x_test, y_test),
